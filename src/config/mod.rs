@@ -1,0 +1,136 @@
+//! The pipeline from `proxy.yaml` to a validated [`Config`]: read, parse, validate, resolve.
+//!
+//! [`load`] reads the file and [`parse`] does the rest: serde (`serde_yaml_ng`) turns the text
+//! into the types of `file.rs` and stops at the first syntax error, unknown key or
+//! mistyped value; then `validate` checks the rules that span the file and reports all of them.
+//! Every error is a [`ConfigError`] printed as `FILE:LINE:COL: message`, like `nginx -t`. Finally
+//! relative paths (certificates, CA bundles, the access log file) are resolved against the
+//! config file's directory. Watching the file and swapping snapshots is left to the reload code.
+//!
+//! Layout:
+//! - `file.rs`: the serde types and their `DEFAULT_*` constants;
+//! - `scalars.rs`: the string-shaped values (`workers`, `access_log`, `hash_key`, `expect_status`);
+//! - `units.rs`: durations, sizes, addresses and their serde glue;
+//! - `validate.rs`: the semantic rules;
+//! - `error.rs`: [`ConfigError`] and [`ConfigErrors`];
+//! - `locate.rs`: key path -> line and column, for the semantic errors.
+
+mod error;
+mod file;
+mod locate;
+mod scalars;
+mod units;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, ConfigErrors};
+pub use file::*;
+pub use validate::{MAX_RETRIES, MIN_HEADER_BYTES};
+
+use locate::Pos;
+
+/// Reads and validates the file; every error is positioned.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let start = |message: String| ConfigError::new(path, Pos::START, message);
+    let bytes = std::fs::read(path).map_err(|err| {
+        let hint = match err.kind() {
+            std::io::ErrorKind::NotFound => " (pass --config PATH or set SWITCHYARD_CONFIG)",
+            _ => "",
+        };
+        start(format!("cannot read the config file: {err}{hint}"))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|err| {
+        let valid = err.utf8_error().valid_up_to();
+        let bad = err.as_bytes()[valid];
+        // Point at the first bad byte: usually a binary file or another encoding (Latin-1).
+        let text = String::from_utf8_lossy(&err.as_bytes()[..valid]);
+        let line = text.matches('\n').count() + 1;
+        let col = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let message = format!(
+            "the file is not UTF-8 text (byte 0x{bad:02x} at offset {valid}); \
+             expected a YAML file encoded as UTF-8"
+        );
+        ConfigError::new(path, Pos { line, col }, message)
+    })?;
+    parse(path, &text)
+}
+
+/// Validates text already read; `path` is used in messages and to resolve relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let blank = |line: &str| line.trim().is_empty() || line.trim_start().starts_with('#');
+    if text.lines().all(blank) {
+        let message =
+            "the file is empty; expected a mapping with `listeners`, `routes` and `pools`";
+        return Err(ConfigError::new(path, Pos::START, message).into());
+    }
+    let mut config: Config =
+        serde_yaml_ng::from_str(text).map_err(|err| serde_error(path, &err))?;
+    validate::validate(path, text, &mut config)?;
+    config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+    Ok(config)
+}
+
+/// Positions a serde error and drops the " at line L column C" its message repeats.
+fn serde_error(path: &Path, err: &serde_yaml_ng::Error) -> ConfigErrors {
+    let message = err.to_string();
+    let error = match err.location() {
+        Some(loc) => {
+            let (line, col) = (loc.line(), loc.column());
+            let message = message.replacen(&format!(" at line {line} column {col}"), "", 1);
+            ConfigError::new(path, Pos { line, col }, message)
+        }
+        None => ConfigError::new(path, Pos::START, message),
+    };
+    error.into()
+}
+
+// === impl Config ===
+
+impl Config {
+    /// One-line summary for `switchyard check`: "proxy.yaml: ok (1 listener, 2 routes, ...)".
+    pub fn summary(&self, path: &Path) -> String {
+        let upstreams = self.pools.iter().map(|p| p.upstreams.len()).sum();
+        format!(
+            "{}: ok ({}, {}, {}, {})",
+            path.display(),
+            count(self.listeners.len(), "listener"),
+            count(self.routes.len(), "route"),
+            count(self.pools.len(), "pool"),
+            count(upstreams, "upstream"),
+        )
+    }
+
+    /// Makes relative file paths relative to `dir`, the config file's directory.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |file: &mut PathBuf| {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        };
+        if let AccessLog::File(file) = &mut self.access_log {
+            resolve(file);
+        }
+        let tls = self.listeners.iter_mut().filter_map(|l| l.tls.as_mut());
+        for pair in tls.flat_map(|tls| tls.certificates.iter_mut()) {
+            resolve(&mut pair.cert);
+            resolve(&mut pair.key);
+        }
+        let cas = self
+            .pools
+            .iter_mut()
+            .filter_map(|p| p.tls.as_mut()?.ca.as_mut());
+        cas.for_each(resolve);
+    }
+}
+
+/// "1 listener", "2 routes".
+fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        _ => format!("{n} {noun}s"),
+    }
+}

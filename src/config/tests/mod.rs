@@ -1,0 +1,316 @@
+//! Config pipeline tests: one inline YAML per rule and message, with line and column.
+//!
+//! This file has the helpers, whole-file tests, reading and serde errors; `rules.rs` has one
+//! test per semantic rule of `validate.rs`.
+
+mod rules;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::balance::StrategyKind;
+
+/// The example of SPEC section 2, verbatim.
+const SPEC_SAMPLE: &str = include_str!("spec_sample.yaml");
+
+/// Parses as if read from `proxy.yaml` in the current directory.
+pub(super) fn parse_str(yaml: &str) -> Result<Config, ConfigErrors> {
+    parse(Path::new("proxy.yaml"), yaml)
+}
+
+/// The errors of an invalid file.
+pub(super) fn errors(yaml: &str) -> Vec<ConfigError> {
+    match parse_str(yaml) {
+        Ok(config) => panic!("expected errors, got {config:?}"),
+        Err(errors) => errors.into_iter().collect(),
+    }
+}
+
+/// The single error of an invalid file, checked for position and message text.
+#[track_caller]
+pub(super) fn assert_error(yaml: &str, line: usize, col: usize, message: &str) {
+    let errors = errors(yaml);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    let e = &errors[0];
+    assert!(
+        e.message.contains(message),
+        "{:?} lacks {message:?}",
+        e.message
+    );
+    assert_eq!((e.line, e.col), (line, col), "position of {:?}", e.message);
+}
+
+/// A valid file: one listener, one route, one pool. Tests append to it or edit it.
+pub(super) const BASE: &str = "\
+listeners:
+  - name: public
+    bind: \"127.0.0.1:8080\"
+routes:
+  - name: api
+    pool: api
+pools:
+  - name: api
+    upstreams:
+      - { addr: \"10.0.0.1:80\" }
+";
+
+// === the whole file ===
+
+#[test]
+fn spec_sample_reports_only_its_missing_web_pool() {
+    // The SPEC sample routes `web` to a pool `web` it never defines.
+    let errors = errors(SPEC_SAMPLE);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(
+        errors[0].message,
+        "unknown pool \"web\"; defined pools: api"
+    );
+    assert_eq!((errors[0].line, errors[0].col), (32, 11));
+}
+
+#[test]
+fn spec_sample_with_a_web_pool_parses_with_its_values() {
+    let text =
+        format!("{SPEC_SAMPLE}  - name: web\n    upstreams: [{{ addr: \"127.0.0.1:9001\" }}]\n");
+    let config = parse(Path::new("/etc/switchyard/proxy.yaml"), &text).unwrap();
+    assert_eq!(config.workers, Workers::Auto);
+    assert_eq!(config.listeners.len(), 2);
+    assert_eq!(config.listeners[0].limits, Limits::default());
+    let cert = &config.listeners[1].tls.as_ref().unwrap().certificates[0];
+    assert_eq!(
+        cert.cert,
+        PathBuf::from("/etc/switchyard/certs/example.com.pem")
+    );
+    assert_eq!(config.admin.as_ref().unwrap().token, None);
+    assert_eq!(config.access_log, AccessLog::Stdout);
+    let api = &config.routes[0];
+    assert_eq!(api.matcher.host.as_deref(), Some("api.example.com"));
+    assert_eq!((api.retries, api.max_body), (2, Some(10 << 20)));
+    assert_eq!(config.routes[1].timeout, DEFAULT_ROUTE_TIMEOUT);
+    let pool = &config.pools[0];
+    assert_eq!(pool.strategy, StrategyKind::Weighted);
+    assert_eq!(pool.upstreams[0].weight, 3);
+    assert_eq!(pool.upstreams[2].weight, DEFAULT_WEIGHT);
+    let hc = pool.health_check.as_ref().unwrap();
+    assert!(hc.expect_status.contains(399) && !hc.expect_status.contains(400));
+    assert_eq!(
+        pool.outlier.as_ref().unwrap().ejection_time,
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        config.summary(Path::new("proxy.yaml")),
+        "proxy.yaml: ok (2 listeners, 2 routes, 2 pools, 4 upstreams)"
+    );
+}
+
+#[test]
+fn minimal_file_gets_every_default() {
+    let config = parse_str(BASE).unwrap();
+    let route = &config.routes[0];
+    assert_eq!(route.matcher, RouteMatch::default());
+    assert_eq!(route.matcher.path_prefix, DEFAULT_PATH_PREFIX);
+    assert_eq!(
+        (route.retries, route.timeout),
+        (DEFAULT_RETRIES, DEFAULT_ROUTE_TIMEOUT)
+    );
+    let pool = &config.pools[0];
+    assert_eq!(
+        (pool.strategy, pool.protocol),
+        (StrategyKind::RoundRobin, Protocol::Http1)
+    );
+    assert_eq!(pool.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(pool.dns_refresh, DEFAULT_DNS_REFRESH);
+    assert!(pool.health_check.is_none() && pool.outlier.is_none() && config.admin.is_none());
+    let summary = config.summary(Path::new("proxy.yaml"));
+    assert_eq!(
+        summary,
+        "proxy.yaml: ok (1 listener, 1 route, 1 pool, 1 upstream)"
+    );
+}
+
+#[test]
+fn empty_sections_take_their_defaults() {
+    let yaml = format!("{BASE}    health_check: {{}}\n    outlier: {{}}\n");
+    let pool = parse_str(&yaml).unwrap().pools.remove(0);
+    assert_eq!(pool.health_check, Some(HealthCheckConfig::default()));
+    assert_eq!(pool.outlier, Some(OutlierConfig::default()));
+}
+
+#[test]
+fn config_serializes_durations_and_keys_as_written() {
+    let yaml = format!("{BASE}    strategy: consistent_hash\n    hash_key: \"header:X-User\"\n");
+    let json = serde_json::to_value(parse_str(&yaml).unwrap()).unwrap();
+    assert_eq!(json["routes"][0]["timeout"], "30s");
+    assert_eq!(json["pools"][0]["hash_key"], "header:x-user");
+    assert_eq!(json["pools"][0]["connect_timeout"], "1s");
+    assert_eq!(json["listeners"][0]["limits"]["max_header_bytes"], 65536);
+    assert_eq!(json["workers"], "auto");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let yaml = format!("access_log: logs/access.log\n{BASE}    tls: {{ ca: ca.pem }}\n");
+    let config = parse(Path::new("conf/proxy.yaml"), &yaml).unwrap();
+    assert_eq!(
+        config.access_log,
+        AccessLog::File("conf/logs/access.log".into())
+    );
+    let ca = config.pools[0].tls.as_ref().unwrap().ca.clone();
+    assert_eq!(ca, Some(PathBuf::from("conf/ca.pem")));
+}
+
+// === reading the file ===
+
+#[test]
+fn empty_file_is_an_error_that_says_what_is_expected() {
+    for text in ["", "\n\n", "# only a comment\n"] {
+        let e = errors(text).remove(0);
+        assert_eq!(
+            e.to_string(),
+            "proxy.yaml:1:1: the file is empty; expected a mapping with `listeners`, `routes` and `pools`"
+        );
+    }
+}
+
+#[test]
+fn missing_file_is_reported_at_1_1() {
+    let e = load(Path::new("/nonexistent/proxy.yaml")).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("/nonexistent/proxy.yaml:1:1: cannot read the config file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn directory_is_reported_at_1_1() {
+    let dir = std::env::temp_dir();
+    let e = load(&dir).unwrap_err();
+    assert_eq!((e.first().line, e.first().col), (1, 1));
+    assert!(
+        e.first().message.contains("cannot read the config file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn binary_file_points_at_the_first_invalid_byte() {
+    let path = std::env::temp_dir().join(format!("switchyard-bin-{}.yaml", std::process::id()));
+    std::fs::write(&path, b"workers: 2\nac\xffcess_log: off\n").unwrap();
+    let e = load(&path).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!((e.first().line, e.first().col), (2, 3));
+    assert!(
+        e.first().message.contains("not UTF-8 text (byte 0xff"),
+        "{e}"
+    );
+}
+
+#[test]
+fn load_reads_a_valid_file() {
+    let path = std::env::temp_dir().join(format!("switchyard-ok-{}.yaml", std::process::id()));
+    std::fs::write(&path, BASE).unwrap();
+    let config = load(&path);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(config.unwrap().routes[0].pool, "api");
+}
+
+// === serde errors: the first one, positioned ===
+
+#[test]
+fn yaml_syntax_error_is_positioned() {
+    let yaml = "listeners:\n  - name: public\n     bind: x\n";
+    let e = errors(yaml).remove(0);
+    assert_eq!(
+        e.to_string(),
+        "proxy.yaml:3:10: mapping values are not allowed in this context"
+    );
+    assert!(!e.message.contains(" at line "), "position repeated: {e}");
+}
+
+#[test]
+fn unknown_key_points_at_the_key_and_lists_expected_keys() {
+    let yaml = BASE.replace("    pool: api\n", "    pool: api\n    strip_prefx: true\n");
+    assert_error(
+        &yaml,
+        7,
+        5,
+        "unknown field `strip_prefx`, expected one of `name`, `match`",
+    );
+}
+
+#[test]
+fn bad_duration_names_the_accepted_forms() {
+    let yaml = BASE.replace("    pool: api\n", "    pool: api\n    timeout: 30\n");
+    let want = "invalid duration \"30\": expected a duration with a unit, like 500ms, 2s or 1m";
+    assert_error(&yaml, 7, 14, want);
+    let yaml = BASE.replace("    pool: api\n", "    pool: api\n    timeout: 3 weeks\n");
+    assert_error(&yaml, 7, 14, "expected a duration with a unit");
+}
+
+#[test]
+fn bad_size_names_the_accepted_forms() {
+    let yaml = BASE.replace("    pool: api\n", "    pool: api\n    max_body: 10 MeB\n");
+    assert_error(
+        &yaml,
+        7,
+        15,
+        "invalid size \"10 MeB\": expected a size in bytes (an integer)",
+    );
+}
+
+#[test]
+fn bad_bind_address_is_a_serde_error() {
+    let yaml = BASE.replace("\"127.0.0.1:8080\"", "localhost:8080");
+    assert_error(
+        &yaml,
+        3,
+        11,
+        "invalid bind address \"localhost:8080\": expected IP:PORT",
+    );
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let yaml = BASE.replace("    pool: api\n", "");
+    assert_error(&yaml, 5, 5, "routes[0]: missing field `pool`");
+}
+
+#[test]
+fn bad_enum_value_lists_the_variants() {
+    let yaml = format!("{BASE}    protocol: h3\n");
+    assert_error(
+        &yaml,
+        11,
+        15,
+        "unknown variant `h3`, expected `http1` or `h2`",
+    );
+}
+
+#[test]
+fn bad_hash_key_and_expect_status_are_positioned() {
+    let yaml = format!("{BASE}    hash_key: \"ip\"\n");
+    assert_error(
+        &yaml,
+        11,
+        15,
+        "expected \"header:<name>\", \"cookie:<name>\" or \"client_ip\"",
+    );
+    let yaml = format!("{BASE}    health_check: {{ expect_status: \"399-200\" }}\n");
+    assert_error(&yaml, 11, 36, "invalid expect_status \"399-200\"");
+}
+
+#[test]
+fn workers_zero_is_rejected() {
+    assert_error(
+        &format!("workers: 0\n{BASE}"),
+        1,
+        10,
+        "expected `auto` or a positive integer",
+    );
+    assert_eq!(
+        parse_str(&format!("workers: 4\n{BASE}")).unwrap().workers,
+        Workers::Count(4)
+    );
+}

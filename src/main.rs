@@ -1,0 +1,164 @@
+//! The `switchyard` command line: `run` (the default), `check` and `demo` (SPEC section 1).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use switchyard::config::{self, Config, Workers};
+use switchyard::{demo, Server};
+
+/// A load-balancing HTTP reverse proxy driven by one YAML file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no command is given).
+    Run(RunArgs),
+    /// Validate the config file: exit 0 with a summary, or 1 with every error as FILE:LINE:COL.
+    Check(ConfigArg),
+    /// Start three demo backends on 127.0.0.1:9001-9003 and run the proxy with ./proxy.yaml.
+    Demo(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Config file [default: $SWITCHYARD_CONFIG, else ./proxy.yaml]
+    #[arg(long, short, env = "SWITCHYARD_CONFIG", default_value = "proxy.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Worker threads (overrides `workers` in the config; default one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Log filter when RUST_LOG is unset, e.g. info, debug, switchyard=trace.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// How long shutdown waits for in-flight requests, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    drain_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check(args)) => check(&args.config),
+        Some(Command::Run(args)) => exit(run(args, false)),
+        Some(Command::Demo(args)) => exit(run(args, true)),
+        None => exit(run(cli.run, false)),
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("switchyard: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `switchyard check`: like `nginx -t`.
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!("{}", config.summary(path));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    config::load(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))
+}
+
+fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
+    init_tracing(&args.log_level);
+    let config = load(&args.config.config)?;
+    let workers = args.workers.unwrap_or(match config.workers {
+        Workers::Count(n) => n,
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        if with_demo {
+            let addrs = demo::start_backends()
+                .await
+                .context("cannot start the demo backends on 127.0.0.1:9001-9003")?;
+            tracing::info!(?addrs, "demo backends up; try: curl http://127.0.0.1:8080/");
+        }
+        let server = Server::start(config, args.drain_timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!(switchyard::error_chain(&e)))?;
+        tracing::info!(workers, "switchyard running");
+        shutdown_signal().await;
+        tracing::info!(drain = ?args.drain_timeout, "shutting down: draining connections");
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        });
+        server.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

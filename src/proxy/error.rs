@@ -1,0 +1,79 @@
+//! [`ProxyError`]: every answer the proxy gives on its own, with its status and body.
+//!
+//! Who failed decides the status: the client (400, 413), the configuration (404), the pool
+//! (503) or the upstream (502, 504). One place maps each to its status code and its short
+//! `text/plain` body, so tests, metrics labels and docs agree.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ResponseBody;
+
+/// An error the proxy answers itself instead of forwarding a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the request's host and path.
+    #[error("no route matches the request")]
+    NoRoute,
+    /// The route's pool has no healthy, non-ejected upstream.
+    #[error("pool has no healthy upstream")]
+    NoHealthyUpstream,
+    /// Connecting to the upstream failed (refused, unreachable, connect timeout).
+    #[error("upstream connect failed")]
+    UpstreamConnect(#[source] crate::upstream::ClientError),
+    /// The upstream reset the connection or sent a broken answer.
+    #[error("upstream reset or sent a bad response")]
+    UpstreamReset(#[source] crate::upstream::ClientError),
+    /// The upstream's response head did not arrive within the route's timeout.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The request is malformed or its body broke off.
+    #[error("bad request")]
+    BadRequest,
+    /// The request body exceeds the route's `max_body`.
+    #[error("request body too large")]
+    BodyTooLarge,
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The status code sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The short text body that says which error this is.
+    pub fn body(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "404 no route matches this host and path\n",
+            ProxyError::NoHealthyUpstream => "503 the pool has no healthy upstream\n",
+            ProxyError::UpstreamConnect(_) => "502 could not connect to an upstream\n",
+            ProxyError::UpstreamReset(_) => {
+                "502 the upstream reset the connection or sent a bad response\n"
+            }
+            ProxyError::Timeout => "504 the upstream did not answer in time\n",
+            ProxyError::BadRequest => "400 bad request\n",
+            ProxyError::BodyTooLarge => "413 request body larger than this route allows\n",
+        }
+    }
+
+    /// The whole response for this error.
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::full(self.body()));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}

@@ -1,0 +1,166 @@
+//! Header rewriting between client and upstream (SPEC section 4).
+//!
+//! Removes hop-by-hop headers in both directions (the fixed list and every name the
+//! `Connection` header lists), adds `X-Forwarded-For/-Proto/-Host`, and makes sure every
+//! request carries an `X-Request-Id`. Ids are generated without locks: a per-process random
+//! prefix and an atomic counter, mixed so consecutive ids do not look sequential.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Hop-by-hop headers that never cross the proxy (SPEC section 4, RFC 9110 section 7.6.1).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        // Rare path (HTTP/1.0 keep-alive or custom hop headers): collect then remove.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client's IP to `X-Forwarded-For` and sets `-Proto` and `-Host`.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prior) => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + client_ip.len());
+            joined.extend_from_slice(prior.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+        }
+        None => client_ip.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+/// Generates unique request ids.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+// === impl RequestIds ===
+
+impl RequestIds {
+    /// A generator whose ids differ from other processes' by a random 64-bit prefix.
+    pub fn new() -> RequestIds {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        RequestIds {
+            prefix: mix(now ^ (u64::from(std::process::id()) << 32)),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The next id: 32 lowercase hex digits.
+    pub fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 32];
+        hex(&mut buf[..16], self.prefix);
+        hex(&mut buf[16..], mix(n ^ self.prefix));
+        HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds::new()
+    }
+}
+
+/// splitmix64's finaliser: a bijective mix of 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn hex(out: &mut [u8], v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_and_fixed_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_an_existing_chain() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.1.1.1"));
+        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), "http", None);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.1.1, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn request_ids_are_distinct_hex() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,261 @@
+//! The request path: snapshot once -> route -> pick -> forward -> map errors.
+//!
+//! [`handle`] is the whole life of one request. It loads the running snapshot once and keeps
+//! it to the end, finds the route, rewrites the request for the upstream (`headers`), and
+//! tries upstreams of the route's pool in the order the balancer picks them (`retry` rules of
+//! SPEC section 5). Whatever happens, the client gets a response: the upstream's, streamed, or
+//! one of the proxy's own short answers from [`ProxyError`]. Accepting connections and
+//! speaking HTTP to the client is `listener`'s job; connections to upstreams are `upstream`'s.
+
+mod error;
+pub mod headers;
+mod retry;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{request, Request, Response, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::access_log::{Entry, Pending};
+use crate::balance::{hash_key, StrategyKind};
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::HashKey;
+use crate::snapshot::{Route, Shared, Snapshot};
+use crate::upstream::Pool;
+
+pub use error::ProxyError;
+use headers::X_REQUEST_ID;
+
+/// What a request needs to know about the connection it arrived on.
+#[derive(Debug)]
+pub struct ConnContext {
+    /// The running config and process-wide helpers.
+    pub shared: Arc<Shared>,
+    /// Name of the listener that accepted the connection.
+    pub listener: Arc<str>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The client's IP as a header value, formatted once per connection.
+    pub client_ip: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+}
+
+impl ConnContext {
+    /// Context for a connection from `client` on `listener`.
+    pub fn new(
+        shared: Arc<Shared>,
+        listener: Arc<str>,
+        client: SocketAddr,
+        proto: &'static str,
+    ) -> ConnContext {
+        let client_ip = HeaderValue::from_str(&client.ip().to_string())
+            .expect("an IP address is a valid header value");
+        ConnContext {
+            shared,
+            listener,
+            client,
+            client_ip,
+            proto,
+        }
+    }
+}
+
+/// Serves one request; never fails: errors become the proxy's own answers.
+pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let snapshot = ctx.shared.snapshot();
+    let (mut parts, body) = req.into_parts();
+    let request_id = match parts.headers.get(&X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = ctx.shared.request_ids.next();
+            parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let host = request_host(&parts);
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let route = snapshot
+        .router
+        .route(host_str, parts.uri.path())
+        .map(|i| &snapshot.routes[i]);
+    let mut log = snapshot.access_log.as_ref().map(|logger| {
+        Pending::new(
+            logger.clone(),
+            started,
+            Entry {
+                time: std::time::SystemTime::now(),
+                client: ctx.client.ip(),
+                method: parts.method.clone(),
+                host: host_str.to_owned(),
+                path: parts.uri.path().to_owned(),
+                status: 0,
+                bytes: 0,
+                duration_ms: 0.0,
+                route: route.map(|r| r.name.clone()),
+                pool: route.map(|r| snapshot.pools[r.pool].name.clone()),
+                upstream: None,
+                request_id: Some(request_id.clone()),
+            },
+        )
+    });
+    let outcome = match route {
+        Some(route) => forward(ctx, &snapshot, route, parts, body, host).await,
+        None => Err(ProxyError::NoRoute),
+    };
+    let mut response = match outcome {
+        Ok(forwarded) => {
+            if let Some(log) = log.as_mut() {
+                log.entry_mut().upstream = Some(forwarded.in_flight.upstream().id.clone());
+            }
+            let (mut head, body) = forwarded.response.into_parts();
+            headers::remove_hop_by_hop(&mut head.headers);
+            let body = ResponseBody::upstream(body, forwarded.conn, forwarded.in_flight);
+            Response::from_parts(head, body)
+        }
+        Err(error) => {
+            tracing::debug!(%error, status = error.status().as_u16(), "answering with an error");
+            error.to_response()
+        }
+    };
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
+    if let Some(log) = log.as_mut() {
+        log.entry_mut().status = response.status().as_u16();
+    }
+    let (head, body) = response.into_parts();
+    Response::from_parts(head, body.with_log(log))
+}
+
+/// The host the client asked for: `Host` for HTTP/1, `:authority` for HTTP/2.
+fn request_host(parts: &request::Parts) -> Option<HeaderValue> {
+    match parts.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+}
+
+/// Sends the request to the route's pool; returns the upstream's response head.
+async fn forward(
+    ctx: &ConnContext,
+    snapshot: &Snapshot,
+    route: &Route,
+    mut parts: request::Parts,
+    body: Incoming,
+    host: Option<HeaderValue>,
+) -> Result<retry::Forwarded, ProxyError> {
+    let pool = &snapshot.pools[route.pool];
+    if let (Some(max), Some(len)) = (route.max_body, body.size_hint().exact()) {
+        if len > max {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    let key = request_hash(pool, &parts, ctx.client.ip());
+    let body = RequestBody::new(body, route.max_body);
+    rewrite_request(&mut parts, route, ctx, host)?;
+    let replay = retry::Replay::capture(&parts, &body, route.retries);
+    let req = Request::from_parts(parts, body);
+    match tokio::time::timeout(
+        route.timeout,
+        retry::attempts(pool, route.retries, key, req, replay),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(ProxyError::Timeout),
+    }
+}
+
+/// Turns the client's request head into the upstream's (SPEC section 4).
+fn rewrite_request(
+    parts: &mut request::Parts,
+    route: &Route,
+    ctx: &ConnContext,
+    host: Option<HeaderValue>,
+) -> Result<(), ProxyError> {
+    headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(host) = &host {
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+    }
+    headers::add_forwarded(&mut parts.headers, &ctx.client_ip, ctx.proto, host);
+    let strip = route.strip_prefix.then_some(route.path_prefix.len());
+    if strip.is_some() || parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = upstream_uri(&parts.uri, strip.unwrap_or(0))?;
+    }
+    parts.version = Version::HTTP_11;
+    Ok(())
+}
+
+/// Origin-form URI for the upstream, with the first `strip` bytes of the path removed.
+fn upstream_uri(uri: &Uri, strip: usize) -> Result<Uri, ProxyError> {
+    let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let rest = pq.get(strip..).unwrap_or("");
+    let pq = if rest.starts_with('/') {
+        PathAndQuery::try_from(rest)
+    } else {
+        PathAndQuery::try_from(format!("/{rest}"))
+    };
+    let pq = pq.map_err(|_| ProxyError::BadRequest)?;
+    Ok(Uri::from(pq))
+}
+
+/// The consistent-hash key of a request, if its pool hashes and the key is present.
+fn request_hash(pool: &Pool, parts: &request::Parts, client: IpAddr) -> Option<u64> {
+    if pool.strategy != StrategyKind::ConsistentHash {
+        return None;
+    }
+    match &pool.hash_key {
+        Some(HashKey::Header(name)) => parts.headers.get(name).map(|v| hash_key(v.as_bytes())),
+        Some(HashKey::Cookie(name)) => cookie(parts, name).map(|v| hash_key(v.as_bytes())),
+        Some(HashKey::ClientIp) | None => Some(match client {
+            IpAddr::V4(ip) => hash_key(&ip.octets()),
+            IpAddr::V6(ip) => hash_key(&ip.octets()),
+        }),
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(parts: &'a request::Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash_and_the_query() {
+        let uri: Uri = "/v1/users?x=1".parse().unwrap();
+        assert_eq!(upstream_uri(&uri, 4).unwrap(), "/users?x=1");
+        assert_eq!(upstream_uri(&uri, 3).unwrap(), "/users?x=1");
+        let uri: Uri = "/v1?x".parse().unwrap();
+        assert_eq!(upstream_uri(&uri, 3).unwrap(), "/?x");
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form() {
+        let uri: Uri = "http://a.com/p?q".parse().unwrap();
+        assert_eq!(upstream_uri(&uri, 0).unwrap(), "/p?q");
+    }
+}

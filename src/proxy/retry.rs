@@ -1,0 +1,207 @@
+//! Attempts and retries across the upstreams of a pool (SPEC section 5).
+//!
+//! Rules: a request that failed to connect, or that an upstream closed before any byte was
+//! written, may go to a different upstream, whatever its method and body, because nothing
+//! reached an upstream and we still hold the request. A request with an idempotent method and
+//! no body is also retried after a reset or a 502/503 answer; for that case a copy of its head
+//! ([`Replay`]) is kept, since the original was consumed by the first attempt. Nothing is sent
+//! to the client before the final attempt's head arrives, so no retry ever follows response
+//! bytes. Each attempt goes to an upstream not tried before for this request.
+
+use std::sync::Arc;
+
+use http::{request, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+
+use super::ProxyError;
+use crate::body::{BodyError, RequestBody};
+use crate::upstream::client::SendError;
+use crate::upstream::{ClientError, Connection, InFlight, Pool, Upstream};
+
+/// A response head from an upstream, with what its body still needs.
+#[derive(Debug)]
+pub(crate) struct Forwarded {
+    /// The upstream's response, body unread.
+    pub(crate) response: Response<Incoming>,
+    /// The connection the body arrives on; back to the pool once read to its end.
+    pub(crate) conn: Connection,
+    /// Keeps the upstream's in-flight count until the body is done.
+    pub(crate) in_flight: InFlight,
+}
+
+/// A copy of a bodyless idempotent request head, to send it again after it was consumed.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// Copies the head when the request may be retried after it was sent.
+    pub(crate) fn capture(
+        parts: &request::Parts,
+        body: &RequestBody,
+        retries: u32,
+    ) -> Option<Replay> {
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        (retries > 0 && idempotent && body.is_end_stream()).then(|| Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        })
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Most upstreams one request may try (config validation bounds `retries` below this).
+const MAX_ATTEMPTS: usize = 16;
+
+/// Tries upstreams of `pool` until one answers or the rules above say stop.
+pub(crate) async fn attempts(
+    pool: &Pool,
+    retries: u32,
+    key: Option<u64>,
+    req: Request<RequestBody>,
+    replay: Option<Replay>,
+) -> Result<Forwarded, ProxyError> {
+    let mut req = Some(req);
+    // Identities (addresses of the shared `Upstream`s) of those tried; `usize` keeps the future `Send`.
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let attempts = (retries as usize + 1).min(MAX_ATTEMPTS);
+    let mut last_error = None;
+    let mut last_answer: Option<Forwarded> = None;
+    for attempt in 0..attempts {
+        let Some(upstream) = pick(pool, key, &tried[..attempt]) else {
+            break;
+        };
+        let Some(request) = req.take().or_else(|| replay.as_ref().map(Replay::request)) else {
+            break;
+        };
+        tried[attempt] = Arc::as_ptr(&upstream) as usize;
+        if attempt > 0 {
+            tracing::debug!(pool = %pool.name, upstream = %upstream.id, attempt, "retrying on another upstream");
+        }
+        let in_flight = upstream.start_request();
+        match exchange(&upstream, pool, request).await {
+            Ok((response, conn)) => {
+                let forwarded = Forwarded {
+                    response,
+                    conn,
+                    in_flight,
+                };
+                let status = forwarded.response.status();
+                let retryable =
+                    status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
+                if retryable && replay.is_some() && attempt + 1 < attempts {
+                    last_answer = Some(forwarded);
+                    continue;
+                }
+                return Ok(forwarded);
+            }
+            Err(Failure::Connect(error, request)) => {
+                tracing::debug!(upstream = %upstream.id, %error, "upstream connect failed");
+                req = Some(*request);
+                last_error = Some(ProxyError::UpstreamConnect(error));
+            }
+            Err(Failure::Exchange(error)) => {
+                tracing::debug!(upstream = %upstream.id, error = %crate::error_chain(&error), "upstream exchange failed");
+                let error = classify(error);
+                let stop = replay.is_none() || !matches!(error, ProxyError::UpstreamReset(_));
+                last_error = Some(error);
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    match (last_answer, last_error) {
+        // An upstream's own 502/503 says more than our failure to reach the next one.
+        (Some(answer), _) => Ok(answer),
+        (None, Some(error)) => Err(error),
+        (None, None) => Err(ProxyError::NoHealthyUpstream),
+    }
+}
+
+/// The balancer's choice, or the next candidate after it not yet tried by this request.
+fn pick(pool: &Pool, key: Option<u64>, tried: &[usize]) -> Option<Arc<Upstream>> {
+    let candidates = pool.candidates();
+    let upstreams = &candidates.upstreams;
+    let first = candidates
+        .balancer
+        .pick(key, |i| upstreams[i].in_flight())?;
+    let n = upstreams.len();
+    (0..n)
+        .map(|step| &upstreams[(first + step) % n])
+        .find(|u| !tried.contains(&(Arc::as_ptr(u) as usize)))
+        .cloned()
+}
+
+enum Failure {
+    /// Nothing reached the upstream; the request comes back for another try.
+    Connect(ClientError, Box<Request<RequestBody>>),
+    /// The request may have reached the upstream.
+    Exchange(ClientError),
+}
+
+/// One request on one upstream: a pooled or new connection, then the exchange.
+async fn exchange(
+    upstream: &Arc<Upstream>,
+    pool: &Pool,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Connection), Failure> {
+    let mut conn = match Connection::checkout(upstream, pool.connect_timeout).await {
+        Ok(conn) => conn,
+        Err(error) => return Err(Failure::Connect(error, Box::new(req))),
+    };
+    let req = match conn.send(req).await {
+        Ok(response) => return Ok((response, conn)),
+        Err(SendError::Failed(error)) => return Err(Failure::Exchange(error)),
+        // The upstream closed this pooled connection just before we used it: the request
+        // was not written, so a fresh connection to the same upstream is not a retry.
+        Err(SendError::NotSent(req)) => req,
+    };
+    let mut conn = match Connection::open(upstream, pool.connect_timeout).await {
+        Ok(conn) => conn,
+        Err(error) => return Err(Failure::Connect(error, req)),
+    };
+    match conn.send(*req).await {
+        Ok(response) => Ok((response, conn)),
+        Err(SendError::Failed(error)) => Err(Failure::Exchange(error)),
+        Err(SendError::NotSent(req)) => Err(Failure::Connect(ClientError::Closed, req)),
+    }
+}
+
+/// Who failed: the client's body (400/413) or the upstream (502).
+fn classify(error: ClientError) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(err) = source {
+        if let Some(body) = err.downcast_ref::<BodyError>() {
+            return match body {
+                BodyError::TooLarge { .. } => ProxyError::BodyTooLarge,
+                BodyError::Client(_) => ProxyError::BadRequest,
+            };
+        }
+        source = err.source();
+    }
+    ProxyError::UpstreamReset(error)
+}

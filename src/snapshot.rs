@@ -1,0 +1,198 @@
+//! The running configuration as one immutable [`Snapshot`] behind one `ArcSwap`.
+//!
+//! A snapshot holds everything a request needs: the router, the routes, the pools with their
+//! balancers and the access logger. A request loads it once ([`Shared::snapshot`]) and keeps
+//! that `Arc` to its end, so a reload never tears a request (arc-swap's "consistent snapshots"
+//! pattern). Building a snapshot is all-or-nothing: [`Snapshot::build`] either returns a
+//! complete snapshot or an error, and only then is it stored. Upstreams that exist in the
+//! previous snapshot (same pool, address and weight) are reused, so their health, in-flight
+//! counts and pooled connections carry over. Reload triggers live in `config`; this module
+//! only builds and swaps.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::access_log::Logger;
+use crate::config::{Config, RouteConfig};
+use crate::proxy::headers::RequestIds;
+use crate::router::Router;
+use crate::upstream::{Pool, Source, Upstream};
+
+/// Why a valid config could not be turned into a running snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An upstream hostname did not resolve.
+    #[error("pool {pool:?}: cannot resolve upstream {addr:?}")]
+    Resolve {
+        /// The pool naming the upstream.
+        pool: String,
+        /// The address as written.
+        addr: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The access log file could not be opened.
+    #[error("cannot open the access log")]
+    AccessLog(#[source] std::io::Error),
+}
+
+/// One route, resolved against its pool.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name (metrics and log label).
+    pub name: Arc<str>,
+    /// Index of its pool in [`Snapshot::pools`].
+    pub pool: usize,
+    /// The matched `path_prefix`.
+    pub path_prefix: Box<str>,
+    /// Strip `path_prefix` before forwarding.
+    pub strip_prefix: bool,
+    /// Deadline for the upstream's response head.
+    pub timeout: Duration,
+    /// Extra attempts on other upstreams (SPEC section 5).
+    pub retries: u32,
+    /// Request body limit in bytes.
+    pub max_body: Option<u64>,
+}
+
+/// Everything a request reads, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one per successful reload; 1 for the first config.
+    pub generation: u64,
+    /// The validated config this snapshot was built from.
+    pub config: Arc<Config>,
+    /// Host/path lookup into `routes`.
+    pub router: Router,
+    /// Routes in file order.
+    pub routes: Vec<Route>,
+    /// Pools in file order.
+    pub pools: Vec<Arc<Pool>>,
+    /// Access log writer; `None` when `access_log: off`.
+    pub access_log: Option<Arc<Logger>>,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Builds a complete snapshot from `config`, carrying state over from `previous`.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
+        let generation = previous.map_or(1, |p| p.generation + 1);
+        let mut pools = Vec::with_capacity(config.pools.len());
+        let mut pool_index = HashMap::with_capacity(config.pools.len());
+        for cfg in &config.pools {
+            let old = previous.and_then(|p| p.pool(&cfg.name));
+            let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
+            for up in &cfg.upstreams {
+                for (addr, source) in resolve(&cfg.name, &up.addr)? {
+                    let reused = old.and_then(|p| {
+                        p.upstreams()
+                            .iter()
+                            .find(|u| u.addr == addr && u.weight == up.weight && u.source == source)
+                            .cloned()
+                    });
+                    upstreams.push(
+                        reused.unwrap_or_else(|| Arc::new(Upstream::new(addr, up.weight, source))),
+                    );
+                }
+            }
+            pool_index.insert(cfg.name.clone(), pools.len());
+            pools.push(Arc::new(Pool::new(cfg, upstreams, old.map(|p| &**p))));
+        }
+        let routes: Vec<Route> = config
+            .routes
+            .iter()
+            .map(|r| route(r, &pool_index))
+            .collect();
+        let router = Router::new(
+            config
+                .routes
+                .iter()
+                .map(|r| (r.matcher.host.as_deref(), r.matcher.path_prefix.as_str())),
+        );
+        let access_log = match previous {
+            Some(p) if p.config.access_log == config.access_log => p.access_log.clone(),
+            _ => Logger::start(&config.access_log).map_err(BuildError::AccessLog)?,
+        };
+        Ok(Snapshot {
+            generation,
+            config: Arc::new(config),
+            router,
+            routes,
+            pools,
+            access_log,
+        })
+    }
+
+    /// The pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| &*p.name == name)
+    }
+}
+
+fn route(r: &RouteConfig, pools: &HashMap<String, usize>) -> Route {
+    Route {
+        name: Arc::from(r.name.as_str()),
+        // Validation guarantees every route names an existing pool.
+        pool: pools.get(&r.pool).copied().unwrap_or(0),
+        path_prefix: r.matcher.path_prefix.clone().into_boxed_str(),
+        strip_prefix: r.strip_prefix,
+        timeout: r.timeout,
+        retries: r.retries,
+        max_body: r.max_body,
+    }
+}
+
+/// An IP address as is, or every address a hostname resolves to.
+fn resolve(pool: &str, addr: &str) -> Result<Vec<(SocketAddr, Source)>, BuildError> {
+    if let Ok(ip) = addr.parse::<SocketAddr>() {
+        return Ok(vec![(ip, Source::Static)]);
+    }
+    let err = |source| BuildError::Resolve {
+        pool: pool.to_owned(),
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut found: Vec<SocketAddr> = addr.to_socket_addrs().map_err(err)?.collect();
+    found.sort();
+    found.dedup();
+    if found.is_empty() {
+        return Err(err(std::io::Error::other("no addresses")));
+    }
+    Ok(found.into_iter().map(|a| (a, Source::Dns)).collect())
+}
+
+/// The process-wide handle on the current snapshot.
+#[derive(Debug)]
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
+    /// Generator of `X-Request-Id` values.
+    pub request_ids: RequestIds,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Starts with `snapshot` as the running config.
+    pub fn new(snapshot: Snapshot) -> Shared {
+        Shared {
+            current: ArcSwap::from_pointee(snapshot),
+            request_ids: RequestIds::new(),
+        }
+    }
+
+    /// The running snapshot; load once per request and keep it to the end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Makes `snapshot` the running config.
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}

@@ -1,0 +1,229 @@
+//! Upstream pools: who the instances of a service are and which of them may take a request.
+//!
+//! An [`Upstream`] is one instance (an address, its weight, its in-flight counter, its health
+//! flag and its own keep-alive connections, see [`client`]). A [`Pool`] holds the upstreams of
+//! one configured pool and the current *candidate set*: the healthy upstreams and the balancer
+//! built over them. The candidate set is rebuilt only when membership or health changes, so a
+//! pick is one `ArcSwap` load plus the strategy's atomic arithmetic. Upstreams are shared by
+//! `Arc` and matched by address when a snapshot is rebuilt, so their state and connections
+//! carry over a config reload. Health checking and discovery feed this module; they live
+//! elsewhere.
+
+pub mod client;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::balance::{Balancer, StrategyKind};
+use crate::config::{HashKey, PoolConfig, Protocol};
+
+pub use client::{ClientError, Connection};
+
+/// Where an upstream came from; shown by the admin API as `source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Listed by address in the config file.
+    Static,
+    /// Registered at runtime through the admin API.
+    Registry,
+    /// Resolved from a hostname in the config file.
+    Dns,
+    /// Read from etcd.
+    Etcd,
+}
+
+impl Source {
+    /// The lowercase name used in JSON and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Registry => "registry",
+            Source::Dns => "dns",
+            Source::Etcd => "etcd",
+        }
+    }
+}
+
+/// One instance of a service.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The socket address connections go to.
+    pub addr: SocketAddr,
+    /// `addr` as text: the identity used in logs, metrics labels and the hash ring.
+    pub id: Arc<str>,
+    /// Balancing weight, 1..=10000.
+    pub weight: u32,
+    /// Where this upstream came from.
+    pub source: Source,
+    in_flight: AtomicU32,
+    healthy: AtomicBool,
+    /// Keep-alive connections to this upstream waiting for reuse (see `client`).
+    pub(crate) idle: client::IdleConnections,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// A healthy upstream with no connections yet.
+    pub fn new(addr: SocketAddr, weight: u32, source: Source) -> Upstream {
+        Upstream {
+            addr,
+            id: Arc::from(addr.to_string()),
+            weight,
+            source,
+            in_flight: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            idle: client::IdleConnections::default(),
+        }
+    }
+
+    /// Requests currently being served by this upstream.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether health checking currently lets this upstream take traffic.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Keep-alive connections to this upstream currently idle in its pool.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Records a health verdict; returns true when it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// RAII guard of one in-flight request on an upstream (see tower's `PendingRequests`).
+#[derive(Debug)]
+pub struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    /// The upstream this request is on.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The upstreams that may take traffic now, with the balancer built over them.
+#[derive(Debug)]
+pub struct Candidates {
+    /// Healthy upstreams, in pool order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Strategy state for exactly this set.
+    pub balancer: Balancer,
+}
+
+/// A configured pool of upstreams.
+#[derive(Debug)]
+pub struct Pool {
+    /// The pool's name from the config file.
+    pub name: Arc<str>,
+    /// Balancing strategy.
+    pub strategy: StrategyKind,
+    /// What the consistent-hash strategy hashes.
+    pub hash_key: Option<HashKey>,
+    /// Protocol spoken to the upstreams.
+    pub protocol: Protocol,
+    /// Deadline for establishing one upstream connection.
+    pub connect_timeout: Duration,
+    upstreams: ArcSwap<Vec<Arc<Upstream>>>,
+    candidates: ArcSwap<Candidates>,
+    seed: AtomicU64,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Builds a pool over `upstreams`, reusing the balancer position of `previous` if given.
+    pub fn new(cfg: &PoolConfig, upstreams: Vec<Arc<Upstream>>, previous: Option<&Pool>) -> Pool {
+        let seed = previous.map_or(0x5157_1c4a_9d2e_0b31, |p| p.seed.load(Ordering::Relaxed));
+        let candidates = build_candidates(
+            cfg.strategy,
+            &upstreams,
+            seed,
+            previous.map(|p| p.candidates.load_full()).as_deref(),
+        );
+        Pool {
+            name: Arc::from(cfg.name.as_str()),
+            strategy: cfg.strategy,
+            hash_key: cfg.hash_key.clone(),
+            protocol: cfg.protocol,
+            connect_timeout: cfg.connect_timeout,
+            upstreams: ArcSwap::from_pointee(upstreams),
+            candidates: ArcSwap::from_pointee(candidates),
+            seed: AtomicU64::new(seed.wrapping_add(1)),
+        }
+    }
+
+    /// Every upstream of the pool, healthy or not.
+    pub fn upstreams(&self) -> Arc<Vec<Arc<Upstream>>> {
+        self.upstreams.load_full()
+    }
+
+    /// The current candidate set; cheap, lock-free, meant for the request path.
+    pub fn candidates(&self) -> arc_swap::Guard<Arc<Candidates>> {
+        self.candidates.load()
+    }
+
+    /// Replaces the membership (discovery, registry) and rebuilds the candidates.
+    pub fn set_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
+        self.upstreams.store(Arc::new(upstreams));
+        self.refresh();
+    }
+
+    /// Rebuilds the candidate set after a health or membership change.
+    pub fn refresh(&self) {
+        let upstreams = self.upstreams.load();
+        let seed = self.seed.fetch_add(1, Ordering::Relaxed);
+        let previous = self.candidates.load_full();
+        let next = build_candidates(self.strategy, &upstreams, seed, Some(&previous));
+        self.candidates.store(Arc::new(next));
+    }
+}
+
+fn build_candidates(
+    strategy: StrategyKind,
+    upstreams: &[Arc<Upstream>],
+    seed: u64,
+    previous: Option<&Candidates>,
+) -> Candidates {
+    let healthy: Vec<Arc<Upstream>> = upstreams
+        .iter()
+        .filter(|u| u.is_healthy())
+        .cloned()
+        .collect();
+    let weights: Vec<u32> = healthy.iter().map(|u| u.weight).collect();
+    let ids: Vec<&str> = healthy.iter().map(|u| &*u.id).collect();
+    let balancer = Balancer::new(
+        strategy,
+        &weights,
+        &ids,
+        seed,
+        previous.map(|c| &c.balancer),
+    );
+    Candidates {
+        upstreams: healthy,
+        balancer,
+    }
+}

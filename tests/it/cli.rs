@@ -1,0 +1,184 @@
+//! The command line through the real binary: `check`, `--version`, `--help`, run and SIGTERM.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::support::{self, Backend};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A config file in a fresh temporary directory.
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn check(name: &str, text: &str) -> Output {
+    let path = write_config(name, text);
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const VALID: &str = "listeners:\n  - name: a\n    bind: \"127.0.0.1:8080\"\nroutes:\n  - name: r\n    match: { path_prefix: \"/\" }\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - { addr: \"127.0.0.1:9001\" }\n";
+
+#[test]
+fn check_accepts_a_valid_file_with_a_one_line_summary() {
+    let out = check("valid.yaml", VALID);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with("valid.yaml: ok") || stdout.contains("valid.yaml: ok"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_an_unknown_key_with_line_and_column() {
+    let text = VALID.replace("    pool: p\n", "    pool: p\n    timeuot: 5s\n");
+    let out = check("unknown.yaml", &text);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("unknown.yaml:8:5:"), "{err}");
+    assert!(
+        err.contains("unknown field `timeuot`") && err.contains("`timeout`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_a_dangling_pool_and_every_other_error() {
+    let text = VALID
+        .replace("    pool: p\n", "    pool: apii\n")
+        .replace("\"127.0.0.1:9001\" }", "\"127.0.0.1:9001\", weight: 0 }");
+    let out = check("dangling.yaml", &text);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("dangling.yaml:7:11: unknown pool \"apii\"; defined pools: p"),
+        "{err}"
+    );
+    assert!(err.contains("dangling.yaml:11:43: weight 0"), "{err}");
+}
+
+#[test]
+fn check_reports_a_bad_duration_with_line_and_column() {
+    let text = VALID.replace("    pool: p\n", "    pool: p\n    timeout: 5\n");
+    let out = check("duration.yaml", &text);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("duration.yaml:8:14:"), "{err}");
+    assert!(err.contains("expected a duration with a unit"), "{err}");
+}
+
+#[test]
+fn check_reports_a_yaml_syntax_error_with_line_and_column() {
+    let out = check(
+        "syntax.yaml",
+        "listeners:\n  - name: a\n    bind: \"127.0.0.1:8080\"\nroutes: [\n  - name: r\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("syntax.yaml:5:3:"), "{err}");
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/switchyard.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/nonexistent/switchyard.yaml:1:1: cannot read"));
+}
+
+#[test]
+fn run_refuses_an_invalid_config_without_starting() {
+    let path = write_config("bad-run.yaml", &VALID.replace("pool: p\n", "pool: nope\n"));
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bad-run.yaml:7:11: unknown pool"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn version_and_help_are_printed() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("switchyard "));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["run", "check", "demo", "--config"] {
+        assert!(help.contains(word), "{help}");
+    }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish_and_exits_0() {
+    let backend = Backend::start("b").await;
+    let port = free_port();
+    let text = format!(
+        "listeners:\n  - name: a\n    bind: \"127.0.0.1:{port}\"\naccess_log: off\nroutes:\n  - name: r\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        backend.addr
+    );
+    let path = write_config("sigterm.yaml", &text);
+    // No `run`: `switchyard --config FILE` runs the proxy.
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .args(["--workers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "proxy did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(support::get(addr, "/").await.text(), "b");
+    let slow = tokio::spawn(support::get(addr, "/slow/800"));
+    support::eventually("the slow request to reach the backend", || {
+        backend.requests() == 2
+    })
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let reply = slow.await.unwrap();
+    assert_eq!((reply.status.as_u16(), reply.text()), (200, "b".to_owned()));
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

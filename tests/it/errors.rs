@@ -1,0 +1,261 @@
+//! The proxy's own answers (SPEC section 4), retries (section 5) and hostile input.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{self, config, Backend, Client, Proxy};
+
+fn pool_of(addrs: &[String], route_extra: &str, pool_extra: &str) -> String {
+    let ups: String = addrs
+        .iter()
+        .map(|a| format!("      - {{ addr: \"{a}\" }}\n"))
+        .collect();
+    config(&format!(
+        "routes:\n  - name: r\n    match: {{ path_prefix: \"/\" }}\n    pool: p\n{route_extra}pools:\n  - name: p\n{pool_extra}    upstreams:\n{ups}"
+    ))
+}
+
+/// An address on which nothing listens (bound, then released).
+async fn refused_addr() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn assert_plain(reply: &support::Reply, status: u16, says: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    assert!(reply.header("content-type").starts_with("text/plain"));
+    assert!(
+        reply.text().contains(says),
+        "body {:?} should say {says:?}",
+        reply.text()
+    );
+    assert_eq!(reply.header("x-request-id").len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_matching_route_answers_404() {
+    let backend = Backend::start("b").await;
+    let yaml = config(&format!(
+        "routes:\n  - name: r\n    match: {{ host: only.example, path_prefix: \"/\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        backend.addr
+    ));
+    let proxy = Proxy::start(&yaml).await;
+    assert_plain(&support::get(proxy.addr, "/").await, 404, "no route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upstream_answers_502() {
+    let proxy = Proxy::start(&pool_of(&[refused_addr().await], "", "")).await;
+    assert_plain(
+        &support::get(proxy.addr, "/").await,
+        502,
+        "could not connect",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_without_upstreams_answers_503() {
+    let yaml = config(
+        "routes:\n  - name: r\n    match: { path_prefix: \"/\" }\n    pool: empty\npools:\n  - name: empty\n",
+    );
+    let proxy = Proxy::start(&yaml).await;
+    assert_plain(
+        &support::get(proxy.addr, "/").await,
+        503,
+        "no healthy upstream",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_answers_504_after_the_route_timeout() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&pool_of(
+        &[backend.addr.to_string()],
+        "    timeout: 200ms\n",
+        "",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    assert_plain(
+        &support::get(proxy.addr, "/slow/3000").await,
+        504,
+        "in time",
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_body_answers_413() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&pool_of(
+        &[backend.addr.to_string()],
+        "    max_body: 1KiB\n",
+        "",
+    ))
+    .await;
+    let mut client = Client::connect(proxy.addr).await;
+    let req = Request::post("/upload")
+        .header("host", "a")
+        .body(Full::new(Bytes::from(vec![b'x'; 4096])))
+        .unwrap();
+    assert_plain(&client.send(req).await, 413, "larger");
+    assert_eq!(
+        backend.requests(),
+        0,
+        "a declared oversize body never reaches the upstream"
+    );
+    let mut client = Client::connect(proxy.addr).await;
+    let req = Request::post("/upload")
+        .header("host", "a")
+        .body(Full::new(Bytes::from(vec![b'x'; 1024])))
+        .unwrap();
+    assert_eq!(
+        client.send(req).await.text(),
+        format!("1024 {}", sha_hex(&[b'x'; 1024]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_growing_past_max_body_answers_413() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&pool_of(
+        &[backend.addr.to_string()],
+        "    max_body: 1KiB\n",
+        "",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let chunk = "x".repeat(800);
+    let raw = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let text = read_some(&mut stream).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}
+
+fn sha_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(data))
+}
+
+async fn read_some(stream: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(support::DEADLINE, stream.read(&mut buf))
+        .await
+        .expect("an answer within the deadline")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_retried_on_another_upstream() {
+    let live = Backend::start("live").await;
+    let addrs = [refused_addr().await, live.addr.to_string()];
+    let proxy = Proxy::start(&pool_of(&addrs, "    retries: 1\n", "")).await;
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..10 {
+        let req = Request::post("/upload")
+            .header("host", "a")
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .unwrap();
+        let reply = client.send(req).await;
+        assert_eq!(
+            reply.status, 200,
+            "even a request with a body is retried after a failed connect"
+        );
+        assert_eq!(reply.text(), format!("5 {}", sha_hex(b"hello")));
+    }
+    assert_eq!(live.requests(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retries_a_failed_connect_answers_502() {
+    let live = Backend::start("live").await;
+    let addrs = [refused_addr().await, live.addr.to_string()];
+    let proxy = Proxy::start(&pool_of(&addrs, "    retries: 0\n", "")).await;
+    let mut client = Client::connect(proxy.addr).await;
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(client.get("a", "/").await.status.as_u16());
+        }
+        v
+    };
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_answered_503_is_retried_elsewhere_but_a_post_is_not() {
+    let failing = Backend::failing("failing", 503).await;
+    let live = Backend::start("live").await;
+    let addrs = [failing.addr.to_string(), live.addr.to_string()];
+    let proxy = Proxy::start(&pool_of(&addrs, "    retries: 1\n", "")).await;
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..6 {
+        let reply = client.get("a", "/").await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "live".to_owned())
+        );
+    }
+    let mut posts = Vec::new();
+    for _ in 0..4 {
+        let req = Request::post("/")
+            .header("host", "a")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        posts.push(client.send(req).await.status.as_u16());
+    }
+    assert_eq!(posts.iter().filter(|s| **s == 503).count(), 2, "{posts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shapes_get_400_and_other_connections_are_unaffected() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&pool_of(&[backend.addr.to_string()], "", "")).await;
+    let mut healthy = Client::connect(proxy.addr).await;
+    assert_eq!(healthy.get("a", "/").await.status, 200);
+    let bad = [
+        "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+        "GET /\u{1}bad HTTP/1.1\r\nHost: a\r\n\r\n",
+        "NOT HTTP AT ALL\r\n\r\n",
+    ];
+    for raw in bad {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(raw.as_bytes()).await.unwrap();
+        let text = read_some(&mut stream).await;
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 400"),
+            "{raw:?} got {text:?}"
+        );
+        assert_eq!(healthy.get("a", "/").await.status, 200, "after {raw:?}");
+    }
+    assert_eq!(backend.requests(), 1 + bad.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_past_the_limit_answer_431() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&pool_of(&[backend.addr.to_string()], "", "")).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let raw = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(70 * 1024)
+    );
+    stream.write_all(raw.as_bytes()).await.unwrap_or(());
+    let text = read_some(&mut stream).await;
+    assert!(text.starts_with("HTTP/1.1 431"), "{text:?}");
+    assert_eq!(backend.requests(), 0);
+}

@@ -1,0 +1,222 @@
+//! Forwarding through the proxy: headers, streaming bodies, keep-alive reuse, HTTP/2 clients.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+
+use crate::support::{self, config, Backend, Client, Proxy};
+
+fn one_pool(backend: &Backend, route_extra: &str) -> String {
+    config(&format!(
+        "routes:\n  - name: all\n    match: {{ path_prefix: \"/\" }}\n    pool: p\n{route_extra}pools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        backend.addr
+    ))
+}
+
+fn header_line<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(": "))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    let mut client = Client::connect(proxy.addr).await;
+    let req = Request::get("/headers")
+        .header("host", "Shop.Example:8080")
+        .header("connection", "x-secret, keep-alive")
+        .header("x-secret", "drop me")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("x-forwarded-for", "10.9.8.7")
+        .header("x-custom", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = client.send(req).await;
+    let seen = reply.text();
+    assert_eq!(reply.status, 200);
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "connection",
+        "upgrade",
+    ] {
+        assert_eq!(
+            header_line(&seen, gone),
+            None,
+            "{gone} reached the upstream:\n{seen}"
+        );
+    }
+    assert_eq!(header_line(&seen, "x-custom"), Some("kept"));
+    assert_eq!(
+        header_line(&seen, "host"),
+        Some("Shop.Example:8080"),
+        "Host is preserved"
+    );
+    assert_eq!(
+        header_line(&seen, "x-forwarded-for"),
+        Some("10.9.8.7, 127.0.0.1")
+    );
+    assert_eq!(header_line(&seen, "x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        header_line(&seen, "x-forwarded-host"),
+        Some("Shop.Example:8080")
+    );
+    let sent_id = header_line(&seen, "x-request-id").expect("a request id was generated");
+    assert_eq!(sent_id.len(), 32);
+    assert_eq!(
+        reply.header("x-request-id"),
+        sent_id,
+        "the generated id is returned to the client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_request_id_is_kept_and_returned() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    let mut client = Client::connect(proxy.addr).await;
+    let req = Request::get("/headers")
+        .header("host", "a")
+        .header("x-request-id", "abc-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = client.send(req).await;
+    assert_eq!(header_line(&reply.text(), "x-request-id"), Some("abc-123"));
+    assert_eq!(reply.header("x-request-id"), "abc-123");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_from_the_upstream_do_not_reach_the_client() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    let reply = support::get(proxy.addr, "/").await;
+    assert_eq!(reply.header("x-backend"), "b");
+    assert!(reply.headers.get("keep-alive").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_prefix_removes_the_matched_prefix_and_keeps_the_query() {
+    let backend = Backend::start("b").await;
+    let yaml = config(&format!(
+        "routes:\n  - name: api\n    match: {{ path_prefix: \"/api/\" }}\n    pool: p\n    strip_prefix: true\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        backend.addr
+    ));
+    let proxy = Proxy::start(&yaml).await;
+    let reply = support::get(proxy.addr, "/api/headers?x=1").await;
+    assert!(
+        reply.text().starts_with("GET /headers?x=1 HTTP/1.1"),
+        "{}",
+        reply.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_to_the_upstream_are_reused() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("a", "/").await.status, 200);
+    }
+    assert_eq!(backend.requests(), 20);
+    assert_eq!(
+        backend.connections(),
+        1,
+        "sequential requests share one upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mib_upload_streams_through_intact() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut hasher = Sha256::new();
+    let chunks: Vec<Bytes> = (0..SIZE / (1 << 20))
+        .map(|c| {
+            let data: Vec<u8> = (0..1 << 20)
+                .map(|i| support::pattern((c << 20) as u64 + i))
+                .collect();
+            hasher.update(&data);
+            Bytes::from(data)
+        })
+        .collect();
+    let expected = format!("{SIZE} {:x}", hasher.finalize());
+    // Chunked: no Content-Length, so the proxy cannot buffer by size and must stream.
+    let body = StreamBody::new(support::IterStream::new(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(c))),
+    ));
+    let req = Request::post("/upload")
+        .header("host", "a")
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let got = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mib_download_streams_through_intact() {
+    const SIZE: u64 = 50 * 1024 * 1024;
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    let mut client = Client::connect(proxy.addr).await;
+    let reply = client.get("a", &format!("/download/{SIZE}")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len() as u64, SIZE);
+    let expected: Vec<u8> = (0..SIZE).map(support::pattern).collect();
+    assert_eq!(
+        format!("{:x}", Sha256::digest(&reply.body)),
+        format!("{:x}", Sha256::digest(&expected))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_prior_knowledge_client_is_proxied_to_an_http1_pool() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::get("http://h2.example/headers")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = String::from_utf8(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(text.starts_with("GET /headers HTTP/1.1"), "{text}");
+        assert_eq!(header_line(&text, "host"), Some("h2.example"));
+    }
+}

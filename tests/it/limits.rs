@@ -1,0 +1,106 @@
+//! Connection limits (SPEC section 10): header timeout, idle timeout, max connections.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{self, Backend, Client, Proxy};
+
+async fn proxy_with_limits(backend: &Backend, limits: &str) -> Proxy {
+    Proxy::start(&format!(
+        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\n    limits: {{ {limits} }}\naccess_log: off\nroutes:\n  - name: r\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        backend.addr
+    ))
+    .await
+}
+
+/// Reads until the peer closes; returns what arrived and how long it took.
+async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(support::DEADLINE, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("connection still open after {:?}", support::DEADLINE),
+        }
+    }
+    (
+        String::from_utf8_lossy(&all).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_head_is_closed_after_header_timeout() {
+    let backend = Backend::start("b").await;
+    let proxy = proxy_with_limits(&backend, "header_timeout: 300ms, idle_timeout: 30s").await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let (_, took) = read_until_closed(&mut stream).await;
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed too early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "closed too late: {took:?}");
+    assert_eq!(backend.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_outlives_a_short_header_timeout() {
+    let backend = Backend::start("b").await;
+    let proxy = proxy_with_limits(&backend, "header_timeout: 200ms, idle_timeout: 30s").await;
+    let mut client = Client::connect(proxy.addr).await;
+    assert_eq!(client.get("a", "/").await.status, 200);
+    // Idle for several header timeouts: an idle connection is not a slow head.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(client.get("a", "/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_idle_timeout_but_a_slow_response_is_not() {
+    let backend = Backend::start("b").await;
+    let proxy = proxy_with_limits(&backend, "header_timeout: 5s, idle_timeout: 300ms").await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // A response that takes longer than the idle timeout still arrives whole.
+    stream
+        .write_all(b"GET /slow/700 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, took) = read_until_closed(&mut stream).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(text.ends_with("b"), "{text:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed before idle_timeout after the response: {took:?}"
+    );
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_new_clients_wait_until_a_connection_closes() {
+    let backend = Backend::start("b").await;
+    let proxy = proxy_with_limits(&backend, "max_connections: 2").await;
+    let mut first = Client::connect(proxy.addr).await;
+    let mut second = Client::connect(proxy.addr).await;
+    assert_eq!(first.get("a", "/").await.status, 200);
+    assert_eq!(second.get("a", "/").await.status, 200);
+    let addr = proxy.addr;
+    let third = tokio::spawn(async move { support::get(addr, "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served past max_connections"
+    );
+    drop(first);
+    let reply = tokio::time::timeout(support::DEADLINE, third)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
+}

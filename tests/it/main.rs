@@ -1,0 +1,13 @@
+//! Integration tests: real backends and a real proxy on 127.0.0.1 ephemeral ports, real HTTP.
+//! One test binary with a module per topic (linking one binary per file is slow on two cores).
+
+#![allow(unreachable_pub, missing_docs)]
+
+mod support;
+
+mod balancing;
+mod cli;
+mod errors;
+mod forwarding;
+mod limits;
+mod routing;

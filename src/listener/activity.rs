@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::framing::{HeadScan, Verdict};
+
 /// What one client connection is doing, in milliseconds since it was accepted.
 #[derive(Debug)]
 pub(super) struct Activity {
@@ -32,6 +34,8 @@ pub(super) struct Activity {
     head_since: AtomicU64,
     /// The client speaks HTTP/2: heads are frames, and pings arrive between requests.
     http2: AtomicBool,
+    /// The head being read has ambiguous framing (see `framing`); taken by the next request.
+    ambiguous: AtomicBool,
 }
 
 /// Why the watchdog ended a connection.
@@ -54,6 +58,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            ambiguous: AtomicBool::new(false),
         }
     }
 
@@ -69,17 +74,26 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
-    fn bytes_read(&self, first: &[u8]) {
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_since.load(Ordering::Relaxed) == 0
+    /// Whether the request head just parsed had ambiguous framing; clears the mark.
+    pub(super) fn take_ambiguous(&self) -> bool {
+        self.ambiguous.load(Ordering::Relaxed) && self.ambiguous.swap(false, Ordering::Relaxed)
+    }
+
+    /// Notes bytes read; returns true when they start a new HTTP/1 request head.
+    fn bytes_read(&self, first: &[u8]) -> bool {
+        if self.in_flight.load(Ordering::Relaxed) != 0
+            || self.head_since.load(Ordering::Relaxed) != 0
         {
-            if self.now_ms() == 1 && first.starts_with(b"PRI * HTTP/2.0") {
-                self.http2.store(true, Ordering::Relaxed);
-            }
-            if !self.http2.load(Ordering::Relaxed) {
-                self.head_since.store(self.now_ms(), Ordering::Relaxed);
-            }
+            return false;
         }
+        if first.starts_with(b"PRI * HTTP/2.0") {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        if self.http2.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.head_since.store(self.now_ms(), Ordering::Relaxed);
+        true
     }
 }
 
@@ -135,17 +149,44 @@ pub(super) async fn watchdog(
     }
 }
 
-/// A client stream that reports reads to its connection's [`Activity`].
+/// A client stream that reports reads to its connection's [`Activity`] and scans the bytes
+/// of each new request head for ambiguous framing.
 #[derive(Debug)]
 pub(super) struct WatchedIo<S> {
     inner: S,
     activity: Arc<Activity>,
+    scan: HeadScan,
+    /// A head began in an earlier read and has not ended yet.
+    in_head: bool,
 }
 
 impl<S> WatchedIo<S> {
     /// Wraps `inner`.
     pub(super) fn new(inner: S, activity: Arc<Activity>) -> WatchedIo<S> {
-        WatchedIo { inner, activity }
+        WatchedIo {
+            inner,
+            activity,
+            scan: HeadScan::default(),
+            in_head: false,
+        }
+    }
+
+    fn inspect(&mut self, bytes: &[u8]) {
+        let starts_head = self.activity.bytes_read(bytes);
+        if starts_head && self.in_head {
+            self.scan.reset();
+        }
+        if !(starts_head || self.in_head) {
+            return;
+        }
+        match self.scan.feed(bytes) {
+            Verdict::Partial => self.in_head = true,
+            Verdict::Clean => self.in_head = false,
+            Verdict::Ambiguous => {
+                self.in_head = false;
+                self.activity.ambiguous.store(true, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -159,7 +200,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.bytes_read(&buf.filled()[before..]);
+            this.inspect(&buf.filled()[before..]);
         }
         polled
     }

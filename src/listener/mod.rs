@@ -10,6 +10,7 @@
 //! timeouts. What a request does is `proxy`'s job.
 
 mod activity;
+mod framing;
 
 use std::convert::Infallible;
 use std::io;
@@ -154,8 +155,11 @@ async fn serve_connection(
     let ctx = Arc::new(ctx);
     let activity = Arc::new(Activity::new());
     let requests = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
+        if requests.take_ambiguous() {
+            req.extensions_mut().insert(proxy::AmbiguousFraming);
+        }
         let guard = requests.start_request();
         async move {
             let response = proxy::handle(&ctx, req).await;

@@ -29,6 +29,9 @@ pub enum ProxyError {
     /// The request is malformed or its body broke off.
     #[error("bad request")]
     BadRequest,
+    /// `Content-Length` / `Transfer-Encoding` disagree or repeat: a request smuggling shape.
+    #[error("ambiguous request framing")]
+    BadFraming,
     /// The request body exceeds the route's `max_body`.
     #[error("request body too large")]
     BodyTooLarge,
@@ -46,7 +49,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::BadFraming => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -62,8 +65,15 @@ impl ProxyError {
             }
             ProxyError::Timeout => "504 the upstream did not answer in time\n",
             ProxyError::BadRequest => "400 bad request\n",
+            ProxyError::BadFraming => "400 ambiguous Content-Length / Transfer-Encoding framing\n",
             ProxyError::BodyTooLarge => "413 request body larger than this route allows\n",
         }
+    }
+
+    /// Whether the client connection must close after this answer: after a framing error
+    /// the next request's start cannot be known, so the connection cannot be reused.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::BadFraming)
     }
 
     /// The whole response for this error.

@@ -31,6 +31,11 @@ use crate::upstream::Pool;
 pub use error::ProxyError;
 use headers::X_REQUEST_ID;
 
+/// Request extension set by the listener when the raw head repeated `Content-Length` or had
+/// it beside `Transfer-Encoding` (evidence hyper's parser removes; see `listener`).
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
 /// What a request needs to know about the connection it arrived on.
 #[derive(Debug)]
 pub struct ConnContext {
@@ -106,6 +111,12 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
         )
     });
     let outcome = match route {
+        _ if parts.version <= Version::HTTP_11
+            && (parts.extensions.get::<AmbiguousFraming>().is_some()
+                || headers::has_ambiguous_framing(&parts.headers)) =>
+        {
+            Err(ProxyError::BadFraming)
+        }
         Some(route) => forward(ctx, &snapshot, route, parts, body, host).await,
         None => Err(ProxyError::NoRoute),
     };
@@ -121,7 +132,14 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
         }
         Err(error) => {
             tracing::debug!(%error, status = error.status().as_u16(), "answering with an error");
-            error.to_response()
+            let mut response = error.to_response();
+            if error.closes_connection() {
+                // hyper closes an HTTP/1 connection after a response that says so.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     response

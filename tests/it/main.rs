@@ -5,6 +5,7 @@
 
 mod support;
 
+mod access_log;
 mod balancing;
 mod cli;
 mod errors;

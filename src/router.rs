@@ -92,6 +92,19 @@ impl Router {
     /// `host` is the raw `Host` header or `:authority`: any case, with or
     /// without a port, possibly a bracketed IPv6 literal (`[::1]:80`, matched
     /// as `[::1]`) or empty. `path` is the request path.
+    ///
+    /// ```
+    /// use switchyard::router::Router;
+    ///
+    /// let router = Router::new([
+    ///     (None, "/"),                      // 0: any host
+    ///     (Some("a.com"), "/api/"),         // 1: exact host
+    ///     (Some("*.a.com"), "/"),           // 2: wildcard
+    /// ]);
+    /// assert_eq!(router.route("A.com:8080", "/api/users"), Some(1));
+    /// assert_eq!(router.route("a.com", "/other"), Some(0)); // falls through to any host
+    /// assert_eq!(router.route("x.a.com", "/"), Some(2));
+    /// ```
     pub fn route(&self, host: &str, path: &str) -> Option<usize> {
         let path = path.as_bytes();
         let mut buf = [0u8; MAX_HOST_LEN];

@@ -48,6 +48,15 @@ pub enum StrategyKind {
 /// Candidate `i` is the `i`th entry of the `weights` and `ids` the balancer
 /// was built from. Share it behind an `Arc` (or inside the config snapshot):
 /// `pick` takes `&self` and is safe to call from every worker at once.
+///
+/// ```
+/// use switchyard::balance::{Balancer, StrategyKind};
+///
+/// // Smooth weighted round robin, 3:1, interleaves as a a b a.
+/// let weighted = Balancer::new(StrategyKind::Weighted, &[3, 1], &["a", "b"], 7, None);
+/// let picks: Vec<usize> = (0..4).filter_map(|_| weighted.pick(None, |_| 0)).collect();
+/// assert_eq!(picks, [0, 0, 1, 0]);
+/// ```
 #[derive(Debug)]
 pub struct Balancer {
     len: usize,

@@ -70,10 +70,10 @@ impl ProxyError {
         }
     }
 
-    /// Whether the client connection must close after this answer: after a framing error
-    /// the next request's start cannot be known, so the connection cannot be reused.
+    /// Whether the client connection must close after this answer: after a malformed
+    /// request the next request's start cannot be trusted (NGINX closes after its 400s too).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::BadFraming)
+        matches!(self, ProxyError::BadFraming | ProxyError::BadRequest)
     }
 
     /// The whole response for this error.

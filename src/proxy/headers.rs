@@ -72,6 +72,16 @@ pub fn has_ambiguous_framing(headers: &HeaderMap) -> bool {
             .eq_ignore_ascii_case(b"chunked")
 }
 
+/// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112 section 3.2: a server MUST
+/// answer 400 otherwise); HTTP/1.0 may omit it and HTTP/2 uses `:authority`.
+pub fn has_invalid_host(version: http::Version, headers: &HeaderMap) -> bool {
+    if version != http::Version::HTTP_11 {
+        return false;
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    hosts.next().is_none() || hosts.next().is_some()
+}
+
 /// Appends the client's IP to `X-Forwarded-For` and sets `-Proto` and `-Host`.
 pub fn add_forwarded(
     headers: &mut HeaderMap,

@@ -117,6 +117,9 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
         {
             Err(ProxyError::BadFraming)
         }
+        _ if headers::has_invalid_host(parts.version, &parts.headers) => {
+            Err(ProxyError::BadRequest)
+        }
         Some(route) => forward(ctx, &snapshot, route, parts, body, host).await,
         None => Err(ProxyError::NoRoute),
     };

@@ -247,6 +247,8 @@ async fn smuggling_shapes_get_400_and_other_connections_are_unaffected() {
         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n",
         "GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: no-host\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
         "GET /\u{1}bad HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -282,4 +284,43 @@ async fn headers_past_the_limit_answer_431() {
     let text = read_some(&mut stream).await;
     assert!(text.starts_with("HTTP/1.1 431"), "{text:?}");
     assert_eq!(backend.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_hangs_answers_502_after_connect_timeout() {
+    // A listener that never accepts, with its backlog full: the kernel drops further SYNs,
+    // so connecting hangs as it would to an unreachable host, without leaving loopback.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let bind: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&bind.into()).unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            fill.push(s);
+        }
+    }
+    let yaml = pool_of(
+        &[addr.to_string()],
+        "    retries: 0\n    timeout: 10s\n",
+        "    connect_timeout: 300ms\n",
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let started = std::time::Instant::now();
+    assert_plain(
+        &support::get(proxy.addr, "/").await,
+        502,
+        "could not connect",
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250),
+        "answered before connect_timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "connect_timeout not applied: {took:?}"
+    );
+    drop(fill);
 }

@@ -159,9 +159,12 @@ async fn sigterm_lets_a_slow_request_finish_and_exits_0() {
         .spawn()
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + support::DEADLINE;
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "proxy did not start");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "proxy did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(support::get(addr, "/").await.text(), "b");

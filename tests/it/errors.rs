@@ -80,7 +80,7 @@ async fn a_slow_upstream_answers_504_after_the_route_timeout() {
         "",
     ))
     .await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     assert_plain(
         &support::get(proxy.addr, "/slow/3000").await,
         504,
@@ -307,7 +307,7 @@ async fn a_connect_that_hangs_answers_502_after_connect_timeout() {
         "    connect_timeout: 300ms\n",
     );
     let proxy = Proxy::start(&yaml).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     assert_plain(
         &support::get(proxy.addr, "/").await,
         502,

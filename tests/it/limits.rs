@@ -1,6 +1,8 @@
 //! Connection limits (SPEC section 10): header timeout, idle timeout, max connections.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

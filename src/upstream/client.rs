@@ -8,8 +8,13 @@
 //! on another upstream; and `try_send_request` hands back a request that was never written on
 //! a connection the upstream had just closed, so that race costs no retry and no error.
 //! A connection goes back to the idle list only when its response body was read to the end
-//! (see `crate::body`); one abandoned mid-body is dropped, which closes it.
+//! (see `crate::body`) *and* hyper reports it ready for another request: an upstream may
+//! answer before it has read the whole request body (a 401 to an upload), and until that body
+//! is written the connection cannot carry a new request. Such a connection waits for
+//! readiness in a small task, off the request path and bounded by [`RELEASE_WAIT`]; one
+//! abandoned mid-body is dropped, which closes it. So checkout never waits on a pooled one.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +32,9 @@ use crate::body::RequestBody;
 pub const DEFAULT_MAX_IDLE_PER_UPSTREAM: usize = 1024;
 /// An idle connection older than this is closed instead of reused.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a released connection may take to become ready (its request body still being
+/// written) before it is closed instead of pooled.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a connection or an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +71,7 @@ impl ClientError {
 /// The idle keep-alive connections of one upstream, newest last.
 #[derive(Debug, Default)]
 pub(crate) struct IdleConnections {
-    list: Mutex<Vec<Idle>>,
+    list: Mutex<VecDeque<Idle>>,
 }
 
 #[derive(Debug)]
@@ -73,11 +81,14 @@ struct Idle {
 }
 
 impl IdleConnections {
+    /// The newest idle connection that can take a request now.
     fn pop(&self) -> Option<http1::SendRequest<RequestBody>> {
         let now = Instant::now();
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(idle) = list.pop() {
-            if !idle.sender.is_closed() && now.duration_since(idle.since) < DEFAULT_IDLE_TIMEOUT {
+        while let Some(idle) = list.pop_back() {
+            // Only ready connections are pooled; one that is not ready now was closed by the
+            // upstream meanwhile, so it is dropped rather than awaited.
+            if idle.sender.is_ready() && now.duration_since(idle.since) < DEFAULT_IDLE_TIMEOUT {
                 return Some(idle.sender);
             }
         }
@@ -89,13 +100,13 @@ impl IdleConnections {
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         // The oldest entry sits at the front; drop it once it is stale so a pool that
         // shrank after a burst does not keep hundreds of sockets open forever.
-        if list.first().is_some_and(|old| {
+        if list.front().is_some_and(|old| {
             old.sender.is_closed() || now.duration_since(old.since) >= DEFAULT_IDLE_TIMEOUT
         }) {
-            list.remove(0);
+            list.pop_front();
         }
         if list.len() < DEFAULT_MAX_IDLE_PER_UPSTREAM {
-            list.push(Idle { sender, since: now });
+            list.push_back(Idle { sender, since: now });
         }
     }
 
@@ -130,14 +141,12 @@ impl Connection {
         upstream: &Arc<Upstream>,
         connect_timeout: Duration,
     ) -> Result<Connection, ClientError> {
-        while let Some(mut sender) = upstream.idle.pop() {
-            if sender.ready().await.is_ok() {
-                return Ok(Connection {
-                    sender,
-                    upstream: upstream.clone(),
-                    reused: true,
-                });
-            }
+        if let Some(sender) = upstream.idle.pop() {
+            return Ok(Connection {
+                sender,
+                upstream: upstream.clone(),
+                reused: true,
+            });
         }
         Self::open(upstream, connect_timeout).await
     }
@@ -197,8 +206,24 @@ impl Connection {
     /// Returns the connection to its upstream's idle list; call only after the response
     /// body was read to its end.
     pub fn release(self) {
-        if !self.sender.is_closed() {
-            self.upstream.idle.push(self.sender);
+        let Connection {
+            mut sender,
+            upstream,
+            ..
+        } = self;
+        if sender.is_closed() {
+            return;
         }
+        if sender.is_ready() {
+            upstream.idle.push(sender);
+            return;
+        }
+        // The request body is still being written, or hyper has not yet seen the exchange
+        // end: wait for that here rather than in the next request's checkout.
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(RELEASE_WAIT, sender.ready()).await {
+                upstream.idle.push(sender);
+            }
+        });
     }
 }

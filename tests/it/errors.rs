@@ -324,3 +324,34 @@ async fn a_connect_that_hangs_answers_502_after_connect_timeout() {
     );
     drop(fill);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_a_stalled_upload_does_not_block_the_next_request() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&pool_of(
+        &[backend.addr.to_string()],
+        "    timeout: 3s\n",
+        "",
+    ))
+    .await;
+    // The upstream answers 401 without reading the body, and the client stops sending it:
+    // that upstream connection cannot carry another request until the body is done.
+    let mut upload = TcpStream::connect(proxy.addr).await.unwrap();
+    upload
+        .write_all(
+            b"POST /early/401 HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let head = read_some(&mut upload).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head:?}");
+    let started = tokio::time::Instant::now();
+    let reply = support::get(proxy.addr, "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        started.elapsed()
+    );
+    drop(upload);
+}

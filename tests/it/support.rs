@@ -4,6 +4,7 @@
 //! - `/upload`: reads the whole body, answers `"<len> <sha256 hex>"`;
 //! - `/download/N`: streams N bytes of a fixed pattern in 64 KiB chunks;
 //! - `/status/NNN`: answers that status;
+//! - `/early/NNN`: answers that status at once, reading the body afterwards;
 //! - `/slow/MS`: waits MS milliseconds, then answers its name;
 //! - `/headers`: answers the request line and headers it received, one per line;
 //! - anything else: its name.
@@ -154,6 +155,12 @@ async fn answer(
         full(format!("{len} {:x}", hasher.finalize()))
     } else if let Some(n) = path.strip_prefix("/download/") {
         download(n.parse().unwrap_or(0))
+    } else if let Some(code) = path.strip_prefix("/early/") {
+        // Answer at once and keep reading the body in the background, connection kept open.
+        status = StatusCode::from_u16(code.parse().unwrap_or(401)).unwrap();
+        let mut body = req.into_body();
+        tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+        full(name.clone())
     } else if let Some(code) = path.strip_prefix("/status/") {
         status = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
         full(name.clone())

@@ -3,39 +3,49 @@
 //! hyper's own header read timer starts whenever a connection waits for a request head, idle
 //! keep-alive time included, so it cannot tell a slowloris client (sent part of a head, then
 //! stalls) from a keep-alive client between requests. We track that distinction ourselves:
-//! [`WatchedIo`] notes when the first byte of a new head arrives on a connection with no
-//! request in progress, the service marks requests in and out ([`Activity::start_request`],
-//! whose guard rides in the response body until the response ends), and [`watchdog`] sleeps
-//! until the nearest deadline. A stalled head closes the connection; an idle one is closed
-//! gracefully. All state is a few relaxed atomics per connection: the request path pays two
-//! atomic increments and a clock read per request.
+//! [`WatchedIo`] feeds every byte read to the connection's `Framing`, which knows where each
+//! request head starts and ends; the service marks requests in and out
+//! ([`Activity::start_request`], whose guard rides in the response body until the response
+//! ends); and [`watchdog`] sleeps until the nearest deadline. A stalled head (the first one
+//! counted from accept) closes the connection; an idle one is closed gracefully. The framing
+//! walk also yields each head's smuggling verdict, queued in order so pipelined requests each
+//! get their own. All state is a few relaxed atomics per connection; the request path pays
+//! two atomic increments and a clock read per request.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::framing::{HeadScan, Verdict};
+use super::framing::{Event, Framing};
 
-/// What one client connection is doing, in milliseconds since it was accepted.
+/// What one client connection is doing, in milliseconds since it was accepted (plus one, so
+/// that 0 can mean "none").
 #[derive(Debug)]
 pub(super) struct Activity {
     started: Instant,
     /// Requests whose responses have not finished.
     in_flight: AtomicU32,
-    /// When the connection last became idle (accept or the end of a response).
+    /// When the last response finished.
     idle_since: AtomicU64,
-    /// When the first byte of a pending request head arrived; 0 when none is pending.
+    /// When bytes last arrived from the client.
+    last_read: AtomicU64,
+    /// When the head being read began; 0 when none is (the first head counts from accept).
     head_since: AtomicU64,
-    /// The client speaks HTTP/2: heads are frames, and pings arrive between requests.
-    http2: AtomicBool,
-    /// The head being read has ambiguous framing (see `framing`); taken by the next request.
-    ambiguous: AtomicBool,
+    /// Request heads that ended so far; a head's index is its position in this count.
+    heads: AtomicU64,
+    /// Requests handed to the service so far (same order as `heads`).
+    taken: AtomicU64,
+    /// Indices of heads with ambiguous framing, oldest first; `ambiguous_len` mirrors its
+    /// length so the request path checks one atomic instead of taking the lock.
+    ambiguous: Mutex<VecDeque<u64>>,
+    ambiguous_len: AtomicU32,
 }
 
 /// Why the watchdog ended a connection.
@@ -50,56 +60,71 @@ pub(super) enum Expiry {
 // === impl Activity ===
 
 impl Activity {
-    /// A fresh connection, idle from now.
+    /// A fresh connection: its first head is due within the header timeout from now.
     pub(super) fn new() -> Activity {
         Activity {
             started: Instant::now(),
             in_flight: AtomicU32::new(0),
-            idle_since: AtomicU64::new(0),
-            head_since: AtomicU64::new(0),
-            http2: AtomicBool::new(false),
-            ambiguous: AtomicBool::new(false),
+            idle_since: AtomicU64::new(1),
+            last_read: AtomicU64::new(1),
+            head_since: AtomicU64::new(1),
+            heads: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            ambiguous: Mutex::new(VecDeque::new()),
+            ambiguous_len: AtomicU32::new(0),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        // +1 so that 0 can mean "none" in `head_since`.
         self.started.elapsed().as_millis() as u64 + 1
     }
 
-    /// Marks a request as started; the guard marks it finished when dropped.
-    pub(super) fn start_request(self: &Arc<Self>) -> RequestGuard {
+    /// Marks a request as started; the guard marks it finished when dropped. Returns
+    /// whether the request's head had ambiguous framing.
+    pub(super) fn start_request(self: &Arc<Self>) -> (RequestGuard, bool) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.head_since.store(0, Ordering::Relaxed);
-        RequestGuard(self.clone())
+        let index = self.taken.fetch_add(1, Ordering::Relaxed);
+        let ambiguous =
+            self.ambiguous_len.load(Ordering::Relaxed) > 0 && self.take_ambiguous(index);
+        (RequestGuard(self.clone()), ambiguous)
     }
 
-    /// Whether the request head just parsed had ambiguous framing; clears the mark.
-    pub(super) fn take_ambiguous(&self) -> bool {
-        self.ambiguous.load(Ordering::Relaxed) && self.ambiguous.swap(false, Ordering::Relaxed)
+    fn take_ambiguous(&self, index: u64) -> bool {
+        let mut queue = self.ambiguous.lock().unwrap_or_else(|e| e.into_inner());
+        // Indices below ours belong to heads hyper refused before they reached the service.
+        while queue.front().is_some_and(|i| *i < index) {
+            queue.pop_front();
+        }
+        let mine = queue.front() == Some(&index);
+        if mine {
+            queue.pop_front();
+        }
+        self.ambiguous_len
+            .store(queue.len() as u32, Ordering::Relaxed);
+        mine
     }
 
-    /// Notes bytes read; returns true when they start a new HTTP/1 request head.
-    fn bytes_read(&self, first: &[u8]) -> bool {
-        if self.in_flight.load(Ordering::Relaxed) != 0
-            || self.head_since.load(Ordering::Relaxed) != 0
-        {
-            return false;
+    fn on_event(&self, event: Event) {
+        match event {
+            Event::HeadStarted => {
+                if self.head_since.load(Ordering::Relaxed) == 0 {
+                    self.head_since.store(self.now_ms(), Ordering::Relaxed);
+                }
+            }
+            Event::HeadEnded { ambiguous, .. } => {
+                self.head_since.store(0, Ordering::Relaxed);
+                let index = self.heads.fetch_add(1, Ordering::Relaxed);
+                if ambiguous {
+                    let mut queue = self.ambiguous.lock().unwrap_or_else(|e| e.into_inner());
+                    queue.push_back(index);
+                    self.ambiguous_len
+                        .store(queue.len() as u32, Ordering::Relaxed);
+                }
+            }
+            Event::BodyEnded => {}
+            // HTTP/2 has no heads to time; only the idle limit applies.
+            Event::Http2 => self.head_since.store(0, Ordering::Relaxed),
         }
-        if first.starts_with(b"PRI * HTTP/2.0") {
-            self.http2.store(true, Ordering::Relaxed);
-        }
-        if self.http2.load(Ordering::Relaxed) {
-            return false;
-        }
-        self.head_since.store(self.now_ms(), Ordering::Relaxed);
-        true
-    }
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity::new()
     }
 }
 
@@ -116,6 +141,11 @@ impl Drop for RequestGuard {
 }
 
 /// Resolves when the connection has stalled on a head or stayed idle too long.
+///
+/// While a request is in flight nothing expires (the route timeout bounds the upstream).
+/// Otherwise a head in progress must end within `header_timeout` of its first byte, and a
+/// connection with no head in progress is idle from its last response or last byte read (so a
+/// body still uploading after an early answer counts as activity).
 pub(super) async fn watchdog(
     activity: &Activity,
     header_timeout: Duration,
@@ -123,41 +153,40 @@ pub(super) async fn watchdog(
 ) -> Expiry {
     let header_ms = header_timeout.as_millis() as u64;
     let idle_ms = idle_timeout.as_millis() as u64;
-    // Wake at least this often so a head that starts during a long idle wait is noticed.
-    let tick = (header_ms.min(idle_ms) / 2).clamp(5, 1000);
+    // Changes happen without waking us, so re-check at least this often; a stalled head is
+    // then caught within 1.5x its timeout.
+    let tick = (header_ms.min(idle_ms) / 2).max(5);
     loop {
         let now = activity.now_ms();
         let wait = if activity.in_flight.load(Ordering::Relaxed) > 0 {
             tick
         } else {
             let head = activity.head_since.load(Ordering::Relaxed);
-            if head != 0 {
-                let due = head + header_ms;
-                if now >= due {
-                    return Expiry::Header;
-                }
-                due - now
+            let (due, expiry) = if head != 0 {
+                (head + header_ms, Expiry::Header)
             } else {
-                let due = activity.idle_since.load(Ordering::Relaxed) + idle_ms;
-                if now >= due {
-                    return Expiry::Idle;
-                }
-                (due - now).min(tick)
+                let last = activity
+                    .idle_since
+                    .load(Ordering::Relaxed)
+                    .max(activity.last_read.load(Ordering::Relaxed));
+                (last + idle_ms, Expiry::Idle)
+            };
+            if now >= due {
+                return expiry;
             }
+            (due - now).min(tick)
         };
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
 
-/// A client stream that reports reads to its connection's [`Activity`] and scans the bytes
-/// of each new request head for ambiguous framing.
+/// A client stream that reports reads to its connection's [`Activity`] through the
+/// connection's [`Framing`].
 #[derive(Debug)]
 pub(super) struct WatchedIo<S> {
     inner: S,
     activity: Arc<Activity>,
-    scan: HeadScan,
-    /// A head began in an earlier read and has not ended yet.
-    in_head: bool,
+    framing: Framing,
 }
 
 impl<S> WatchedIo<S> {
@@ -166,26 +195,7 @@ impl<S> WatchedIo<S> {
         WatchedIo {
             inner,
             activity,
-            scan: HeadScan::default(),
-            in_head: false,
-        }
-    }
-
-    fn inspect(&mut self, bytes: &[u8]) {
-        let starts_head = self.activity.bytes_read(bytes);
-        if starts_head && self.in_head {
-            self.scan.reset();
-        }
-        if !(starts_head || self.in_head) {
-            return;
-        }
-        match self.scan.feed(bytes) {
-            Verdict::Partial => self.in_head = true,
-            Verdict::Clean => self.in_head = false,
-            Verdict::Ambiguous => {
-                self.in_head = false;
-                self.activity.ambiguous.store(true, Ordering::Relaxed);
-            }
+            framing: Framing::default(),
         }
     }
 }
@@ -200,7 +210,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.inspect(&buf.filled()[before..]);
+            let activity = &this.activity;
+            activity
+                .last_read
+                .store(activity.now_ms(), Ordering::Relaxed);
+            this.framing.feed(&buf.filled()[before..], &mut |event| {
+                activity.on_event(event)
+            });
         }
         polled
     }

@@ -78,11 +78,13 @@ impl Listener {
     }
 
     /// Accepts and serves until `shutdown` fires, then waits up to `drain` for open
-    /// connections to finish their requests.
+    /// connections to finish their requests; connections still open after that are closed.
     pub async fn serve(self, shared: Arc<Shared>, shutdown: CancellationToken, drain: Duration) {
         let max = self.limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let permits = Arc::new(Semaphore::new(max));
         let builder = Arc::new(http_builder(&self.limits));
+        // Fired at the drain deadline: connections still open then are dropped.
+        let abort = CancellationToken::new();
         loop {
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => match permit {
@@ -105,10 +107,13 @@ impl Listener {
             };
             let ctx = ConnContext::new(shared.clone(), self.name.clone(), client, "http");
             let builder = builder.clone();
-            let shutdown = shutdown.clone();
+            let signals = Signals {
+                shutdown: shutdown.clone(),
+                abort: abort.clone(),
+            };
             let limits = self.limits.clone();
             tokio::spawn(async move {
-                serve_connection(stream, ctx, &builder, &limits, shutdown).await;
+                serve_connection(stream, ctx, &builder, &limits, signals).await;
                 drop(permit);
             });
         }
@@ -118,9 +123,19 @@ impl Listener {
             .await
             .is_err()
         {
-            tracing::warn!(listener = %self.name, "drain deadline passed with connections still open");
+            tracing::warn!(listener = %self.name, "drain deadline passed; closing the connections still open");
+            abort.cancel();
+            // Aborted tasks return at their next poll; give them a moment to release.
+            let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
         }
     }
+}
+
+/// How the listener tells a connection to finish (`shutdown`) or to stop now (`abort`).
+#[derive(Debug)]
+struct Signals {
+    shutdown: CancellationToken,
+    abort: CancellationToken,
 }
 
 /// The HTTP server settings of a listener.
@@ -146,7 +161,7 @@ async fn serve_connection(
     ctx: ConnContext,
     builder: &auto::Builder<TokioExecutor>,
     limits: &Limits,
-    shutdown: CancellationToken,
+    signals: Signals,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "set_nodelay failed");
@@ -157,10 +172,10 @@ async fn serve_connection(
     let requests = activity.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
-        if requests.take_ambiguous() {
+        let (guard, ambiguous) = requests.start_request();
+        if ambiguous {
             req.extensions_mut().insert(proxy::AmbiguousFraming);
         }
-        let guard = requests.start_request();
         async move {
             let response = proxy::handle(&ctx, req).await;
             Ok::<_, Infallible>(response.map(|body| body.with_request_guard(guard)))
@@ -169,25 +184,34 @@ async fn serve_connection(
     let io = TokioIo::new(WatchedIo::new(stream, activity.clone()));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout);
+    tokio::pin!(watchdog);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        () = shutdown.cancelled() => {
+        () = signals.abort.cancelled() => return,
+        () = signals.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-        expiry = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout) => {
-            match expiry {
-                // A stalled head: drop the connection, there is nothing to finish.
-                Expiry::Header => {
-                    tracing::debug!(%client, "request head timed out; closing");
-                    return;
-                }
-                Expiry::Idle => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            // Keep timing: a half-sent head must not hold the drain for its whole deadline.
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = &mut watchdog => return,
+                () = signals.abort.cancelled() => return,
             }
         }
+        expiry = &mut watchdog => match expiry {
+            // A stalled head: drop the connection, there is nothing to finish.
+            Expiry::Header => {
+                tracing::debug!(%client, "request head timed out; closing");
+                return;
+            }
+            Expiry::Idle => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    () = signals.abort.cancelled() => return,
+                }
+            }
+        },
     };
     if let Err(error) = result {
         tracing::debug!(error = %crate::error_chain(&*error), "client connection ended with an error");

@@ -5,6 +5,9 @@
 //! serialises it and writes it to stdout or a file, flushing whenever the channel runs dry.
 //! When the writer falls behind by more than [`DEFAULT_QUEUE`] entries, new entries are
 //! dropped and counted rather than slowing traffic down; the count is logged by the writer.
+//! Dropping the last [`Logger`] closes the channel and waits for the writer to drain it, so
+//! lines queued before shutdown reach the output. A request whose client went away before
+//! the response head is still logged, with status [`STATUS_CLIENT_CLOSED`].
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
@@ -13,9 +16,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, Uri};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -24,11 +28,20 @@ use crate::config::AccessLog;
 /// Entries that may wait for the writer before new ones are dropped.
 pub const DEFAULT_QUEUE: usize = 64 * 1024;
 
+/// Status logged when the client went away before the response head (NGINX's
+/// "client closed request"); no HTTP response carries it.
+pub const STATUS_CLIENT_CLOSED: u16 = 499;
+
 /// The sending side of the access log; cheap to share.
 #[derive(Debug)]
 pub struct Logger {
-    tx: SyncSender<Entry>,
+    /// Queue to the writer thread, bounded by [`DEFAULT_QUEUE`]. `None` only while `Drop`
+    /// runs: dropping it is what tells the writer to drain the queue and stop.
+    tx: Option<SyncSender<Entry>>,
+    /// Entries refused because the queue was full; the writer logs and resets it.
     dropped: Arc<AtomicU64>,
+    /// The writer thread, joined on drop so no queued line is lost at exit.
+    writer: Option<JoinHandle<()>>,
 }
 
 /// Everything known about a request when its response ends.
@@ -40,10 +53,10 @@ pub struct Entry {
     pub client: IpAddr,
     /// Request method.
     pub method: Method,
-    /// Host as the client sent it.
-    pub host: String,
-    /// Request path (without query).
-    pub path: String,
+    /// Host the client asked for (URI authority, else `Host`), rendered by the writer.
+    pub host: Option<HeaderValue>,
+    /// The client's request URI; the writer logs its path, without the query.
+    pub uri: Uri,
     /// Status sent to the client.
     pub status: u16,
     /// Response body bytes sent.
@@ -60,12 +73,13 @@ pub struct Entry {
     pub request_id: Option<HeaderValue>,
 }
 
-/// An entry waiting for its response to end.
+/// An entry waiting for its response to end; written on drop if [`Pending::write`] never ran.
 #[derive(Debug)]
 pub struct Pending {
     logger: Arc<Logger>,
     started: Instant,
-    entry: Entry,
+    /// `None` once written, so `Drop` knows whether the response ever got that far.
+    entry: Option<Entry>,
 }
 
 // === impl Logger ===
@@ -81,17 +95,36 @@ impl Logger {
         let (tx, rx) = mpsc::sync_channel(DEFAULT_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = dropped.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_loop(rx, BufWriter::new(out), &counter))?;
-        Ok(Some(Arc::new(Logger { tx, dropped })))
+        Ok(Some(Arc::new(Logger {
+            tx: Some(tx),
+            dropped,
+            writer: Some(writer),
+        })))
     }
 
     fn send(&self, entry: Entry) {
-        match self.tx.try_send(entry) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(entry) {
+            // Disconnected: the writer only stops after `Drop` took `tx`, which needs the
+            // last `Arc<Logger>`, so no sender can see it while it holds one.
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        // Closing the channel first lets the writer drain what is queued and return.
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::warn!("access log writer panicked; queued lines may be lost");
             }
         }
     }
@@ -107,11 +140,14 @@ fn write_loop(rx: Receiver<Entry>, mut out: BufWriter<Box<dyn Write + Send>>, dr
         let mut next = Some(entry);
         while let Some(entry) = next {
             line.clear();
-            if serde_json::to_writer(&mut line, &Line::from(&entry)).is_ok() {
-                line.push(b'\n');
-                if let Err(error) = out.write_all(&line) {
-                    tracing::warn!(%error, "access log write failed");
+            match serde_json::to_writer(&mut line, &Line::from(&entry)) {
+                Ok(()) => {
+                    line.push(b'\n');
+                    if let Err(error) = out.write_all(&line) {
+                        tracing::warn!(%error, "access log write failed");
+                    }
                 }
+                Err(error) => tracing::warn!(%error, "access log entry not serialisable"),
             }
             next = rx.try_recv().ok();
         }
@@ -148,8 +184,8 @@ impl<'a> From<&'a Entry> for Line<'a> {
             time: humantime::format_rfc3339_millis(e.time).to_string(),
             client: e.client,
             method: e.method.as_str(),
-            host: &e.host,
-            path: &e.path,
+            host: e.host.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+            path: e.uri.path(),
             status: e.status,
             bytes: e.bytes,
             duration_ms: (e.duration_ms * 1000.0).round() / 1000.0,
@@ -173,19 +209,97 @@ impl Pending {
         Pending {
             logger,
             started,
-            entry,
+            entry: Some(entry),
         }
     }
 
     /// Mutable access to the entry while the request is being handled.
     pub fn entry_mut(&mut self) -> &mut Entry {
-        &mut self.entry
+        self.entry
+            .as_mut()
+            .expect("the entry is only taken by `write` and `drop`, which consume `self`")
     }
 
     /// Completes the entry with the body size and sends it to the writer.
     pub fn write(mut self, bytes: u64) {
-        self.entry.bytes = bytes;
-        self.entry.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        self.logger.send(self.entry);
+        self.send(None, bytes);
+    }
+
+    /// Sends the entry once; `status` overrides the one recorded so far.
+    fn send(&mut self, status: Option<u16>, bytes: u64) {
+        let Some(mut entry) = self.entry.take() else {
+            return;
+        };
+        if let Some(status) = status {
+            entry.status = status;
+        }
+        entry.bytes = bytes;
+        entry.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        self.logger.send(entry);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Only reached with the entry still here when the request future was dropped before
+        // a response body took it over: the client went away first (hyper drops `handle`).
+        self.send(Some(STATUS_CLIENT_CLOSED), 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            time: SystemTime::now(),
+            client: IpAddr::from([127, 0, 0, 1]),
+            method: Method::GET,
+            host: Some(HeaderValue::from_static("a.example")),
+            uri: Uri::from_static("/p?q=1"),
+            status: 200,
+            bytes: 0,
+            duration_ms: 0.0,
+            route: None,
+            pool: None,
+            upstream: None,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn dropping_the_logger_flushes_every_queued_line_and_unwritten_entries_say_499() {
+        let path =
+            std::env::temp_dir().join(format!("switchyard-access-unit-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let logger = Logger::start(&AccessLog::File(path.clone()))
+            .unwrap()
+            .expect("a file log is on");
+        for _ in 0..1000 {
+            Pending::new(logger.clone(), Instant::now(), entry()).write(7);
+        }
+        drop(Pending::new(logger.clone(), Instant::now(), entry()));
+        // The last `Arc` joins the writer, so the file is complete without any waiting.
+        drop(logger);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1001);
+        assert_eq!(
+            (&lines[0]["status"], &lines[0]["bytes"]),
+            (&200.into(), &7.into())
+        );
+        assert_eq!(
+            (&lines[0]["host"], &lines[0]["path"]),
+            (&"a.example".into(), &"/p".into())
+        );
+        assert_eq!(
+            (&lines[1000]["status"], &lines[1000]["bytes"]),
+            (&499.into(), &0.into())
+        );
     }
 }

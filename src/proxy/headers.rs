@@ -31,18 +31,24 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        // Rare path (HTTP/1.0 keep-alive or custom hop headers): collect then remove.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // Most HTTP/1.1 messages say `Connection: keep-alive` or `close`: those tokens name no
+    // header left to remove (`Keep-Alive` is in the fixed list), so they are skipped and the
+    // `Vec`, which allocates on its first push only, stays empty on that common path.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+    {
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
         }
+    }
+    for name in named {
+        headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -89,15 +95,20 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prior) => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + client_ip.len());
-            joined.extend_from_slice(prior.as_bytes());
+    // Several `X-Forwarded-For` lines are one list (RFC 9110 section 5.3): keep them all,
+    // in order, so no earlier hop is lost.
+    let prior = headers.get_all(&X_FORWARDED_FOR);
+    let xff = if prior.iter().next().is_none() {
+        client_ip.clone()
+    } else {
+        let len: usize = prior.iter().map(|v| v.len() + 2).sum();
+        let mut joined = Vec::with_capacity(len + client_ip.len());
+        for value in prior {
+            joined.extend_from_slice(value.as_bytes());
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
         }
-        None => client_ip.clone(),
+        joined.extend_from_slice(client_ip.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
     };
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -209,6 +220,35 @@ mod tests {
         add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), "http", None);
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.1.1, 127.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn forwarded_for_joins_every_line_in_order_then_appends_the_client() {
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.1.1.1"));
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("10.2.2.2, 10.3.3.3"),
+        );
+        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), "http", None);
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(
+            h[&X_FORWARDED_FOR],
+            "10.1.1.1, 10.2.2.2, 10.3.3.3, 127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn keep_alive_and_close_tokens_name_no_header_but_others_still_do() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("CLOSE, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("close", HeaderValue::from_static("not named by the token"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-hop").is_none());
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{request, Request, Response, Version};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -98,8 +98,8 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
                 time: std::time::SystemTime::now(),
                 client: ctx.client.ip(),
                 method: parts.method.clone(),
-                host: host_str.to_owned(),
-                path: parts.uri.path().to_owned(),
+                host: host.clone(),
+                uri: parts.uri.clone(),
                 status: 0,
                 bytes: 0,
                 duration_ms: 0.0,
@@ -155,15 +155,22 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
     Response::from_parts(head, body.with_log(log))
 }
 
-/// The host the client asked for: `Host` for HTTP/1, `:authority` for HTTP/2.
+/// The host the client asked for: the target's authority when it has one (HTTP/1
+/// absolute-form, where RFC 9112 section 3.2.2 says `Host` is ignored; HTTP/2 `:authority`,
+/// which hyper puts in the URI), else `Host`.
 fn request_host(parts: &request::Parts) -> Option<HeaderValue> {
-    match parts.headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    match parts.uri.authority() {
+        Some(authority) => authority_host(authority),
+        None => parts.headers.get(header::HOST).cloned(),
     }
+}
+
+/// `host[:port]` of an authority. Userinfo is dropped: RFC 9110 section 4.2.4 deprecates it
+/// and credentials must not leak into `Host`, the routing key or the access log.
+fn authority_host(authority: &Authority) -> Option<HeaderValue> {
+    let text = authority.as_str();
+    let host = text.rsplit_once('@').map_or(text, |(_, host)| host);
+    HeaderValue::from_str(host).ok()
 }
 
 /// Sends the request to the route's pool; returns the upstream's response head.
@@ -184,7 +191,8 @@ async fn forward(
     let key = request_hash(pool, &parts, ctx.client.ip());
     let body = RequestBody::new(body, route.max_body);
     rewrite_request(&mut parts, route, ctx, host)?;
-    let replay = retry::Replay::capture(&parts, &body, route.retries);
+    let candidates = pool.candidates().upstreams.len();
+    let replay = retry::Replay::capture(&parts, &body, route.retries, candidates);
     let req = Request::from_parts(parts, body);
     match tokio::time::timeout(
         route.timeout,
@@ -205,10 +213,11 @@ fn rewrite_request(
     host: Option<HeaderValue>,
 ) -> Result<(), ProxyError> {
     headers::remove_hop_by_hop(&mut parts.headers);
-    if let Some(host) = &host {
-        if !parts.headers.contains_key(header::HOST) {
-            parts.headers.insert(header::HOST, host.clone());
-        }
+    // With an authority in the target, `host` came from it and replaces any client `Host`
+    // (RFC 9112 section 3.2.2); the origin-form URI sent upstream no longer carries it.
+    // Otherwise `host` is the client's own `Host`, which stays as it is (SPEC section 4).
+    if let (Some(_), Some(host)) = (parts.uri.authority(), &host) {
+        parts.headers.insert(header::HOST, host.clone());
     }
     headers::add_forwarded(&mut parts.headers, &ctx.client_ip, ctx.proto, host);
     let strip = route.strip_prefix.then_some(route.path_prefix.len());

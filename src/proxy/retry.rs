@@ -40,12 +40,17 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    /// Copies the head when the request may be retried after it was sent.
+    /// Copies the head when the request may be retried after it was sent; `candidates` is
+    /// the pool's candidate count: with fewer than two no other upstream exists to retry on.
     pub(crate) fn capture(
         parts: &request::Parts,
         body: &RequestBody,
         retries: u32,
+        candidates: usize,
     ) -> Option<Replay> {
+        if retries == 0 || candidates < 2 {
+            return None;
+        }
         let idempotent = matches!(
             parts.method,
             Method::GET
@@ -55,7 +60,7 @@ impl Replay {
                 | Method::DELETE
                 | Method::TRACE
         );
-        (retries > 0 && idempotent && body.is_end_stream()).then(|| Replay {
+        (idempotent && body.is_end_stream()).then(|| Replay {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,

@@ -1,5 +1,8 @@
 //! The access log (SPEC section 9): one JSON object per line per request, to a file.
 
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
 use crate::support::{self, Backend, Client, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,4 +67,42 @@ async fn each_request_writes_one_json_line_with_every_field() {
         (second["route"].as_str(), second["pool"].as_str()),
         (Some(""), Some(""))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_before_the_response_head_is_logged_as_499() {
+    let backend = Backend::start("b").await;
+    let dir = std::env::temp_dir().join(format!("switchyard-access-499-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let _ = std::fs::remove_file(&log);
+    let yaml = format!(
+        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\naccess_log: \"{}\"\nroutes:\n  - name: all\n    match: {{ path_prefix: \"/\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        log.display(),
+        backend.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow/2000 HTTP/1.1\r\nHost: gone.example\r\n\r\n")
+        .await
+        .unwrap();
+    support::eventually("the request to reach the backend", || {
+        backend.requests() == 1
+    })
+    .await;
+    drop(stream);
+
+    let mut line = String::new();
+    support::eventually("an access log line", || {
+        line = std::fs::read_to_string(&log).unwrap_or_default();
+        !line.is_empty()
+    })
+    .await;
+    let entry: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+    assert_eq!(entry["status"], 499, "{entry}");
+    assert_eq!(entry["bytes"], 0);
+    assert_eq!(entry["host"], "gone.example");
+    assert_eq!(entry["path"], "/slow/2000");
+    assert_eq!(entry["route"], "all");
 }

@@ -6,6 +6,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{self, config, Backend, Client, Proxy};
@@ -79,6 +80,50 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
         sent_id,
         "the generated id is returned to the client"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_sets_the_upstream_host_over_the_client_host() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET http://abs.example/headers HTTP/1.1\r\nHost: other\r\n\r\n")
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(support::DEADLINE, read_raw_response(&mut stream))
+        .await
+        .expect("response within the deadline");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, seen) = response.split_once("\r\n\r\n").unwrap();
+    assert!(seen.starts_with("GET /headers HTTP/1.1"), "{seen}");
+    assert_eq!(header_line(seen, "host"), Some("abs.example"), "{seen}");
+    assert_eq!(header_line(seen, "x-forwarded-host"), Some("abs.example"));
+}
+
+/// Reads one `Content-Length` framed response off a kept-alive connection.
+async fn read_raw_response(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().unwrap())
+                })
+                .expect("a Content-Length");
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed mid-response: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,37 +3,21 @@
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use std::path::{Path, PathBuf};
+
 use crate::support::{self, Backend, Client, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_writes_one_json_line_with_every_field() {
     let backend = Backend::start("b").await;
-    let dir = std::env::temp_dir().join(format!("switchyard-access-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("access.log");
-    let _ = std::fs::remove_file(&log);
-    let yaml = format!(
-        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\naccess_log: \"{}\"\nroutes:\n  - name: api\n    match: {{ path_prefix: \"/api/\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
-        log.display(),
-        backend.addr
-    );
-    let proxy = Proxy::start(&yaml).await;
+    let (proxy, log) = proxy_logging("fields", "api", "/api/", &backend).await;
     let mut client = Client::connect(proxy.addr).await;
     let ok = client.get("Shop.Example", "/api/items?q=1").await;
     assert_eq!(ok.status, 200);
     assert_eq!(client.get("shop.example", "/nowhere").await.status, 404);
 
-    let mut lines = Vec::new();
-    support::eventually("two access log lines", || {
-        lines = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        lines.len() == 2
-    })
-    .await;
-    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    let lines = log_lines(&log, 2).await;
+    let first = &lines[0];
     for field in [
         "time",
         "client",
@@ -61,7 +45,7 @@ async fn each_request_writes_one_json_line_with_every_field() {
     assert_eq!(first["upstream"], backend.addr.to_string());
     assert_eq!(first["request_id"], ok.header("x-request-id"));
     assert!(first["time"].as_str().unwrap().ends_with('Z'));
-    let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    let second = &lines[1];
     assert_eq!(second["status"], 404);
     assert_eq!(
         (second["route"].as_str(), second["pool"].as_str()),
@@ -72,16 +56,7 @@ async fn each_request_writes_one_json_line_with_every_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_before_the_response_head_is_logged_as_499() {
     let backend = Backend::start("b").await;
-    let dir = std::env::temp_dir().join(format!("switchyard-access-499-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("access.log");
-    let _ = std::fs::remove_file(&log);
-    let yaml = format!(
-        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\naccess_log: \"{}\"\nroutes:\n  - name: all\n    match: {{ path_prefix: \"/\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
-        log.display(),
-        backend.addr
-    );
-    let proxy = Proxy::start(&yaml).await;
+    let (proxy, log) = proxy_logging("499", "all", "/", &backend).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(b"GET /slow/2000 HTTP/1.1\r\nHost: gone.example\r\n\r\n")
@@ -93,16 +68,47 @@ async fn a_client_gone_before_the_response_head_is_logged_as_499() {
     .await;
     drop(stream);
 
-    let mut line = String::new();
-    support::eventually("an access log line", || {
-        line = std::fs::read_to_string(&log).unwrap_or_default();
-        !line.is_empty()
-    })
-    .await;
-    let entry: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+    let entry = &log_lines(&log, 1).await[0];
     assert_eq!(entry["status"], 499, "{entry}");
     assert_eq!(entry["bytes"], 0);
     assert_eq!(entry["host"], "gone.example");
     assert_eq!(entry["path"], "/slow/2000");
     assert_eq!(entry["route"], "all");
+}
+
+/// A proxy whose access log goes to a fresh file; one route `route` with `prefix` to `backend`.
+async fn proxy_logging(
+    test: &str,
+    route: &str,
+    prefix: &str,
+    backend: &Backend,
+) -> (Proxy, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("switchyard-access-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let _ = std::fs::remove_file(&log);
+    let yaml = format!(
+        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\naccess_log: \"{}\"\nroutes:\n  - name: {route}\n    match: {{ path_prefix: \"{prefix}\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        log.display(),
+        backend.addr
+    );
+    (Proxy::start(&yaml).await, log)
+}
+
+/// Waits until the log holds `n` lines and returns them parsed.
+async fn log_lines(log: &Path, n: usize) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    support::eventually("access log lines", || {
+        lines = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.len() >= n
+    })
+    .await;
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

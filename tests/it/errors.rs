@@ -139,20 +139,6 @@ async fn a_chunked_body_growing_past_max_body_answers_413() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 }
 
-/// Reads until the proxy closes the connection; fails the test if it stays open.
-async fn read_until_closed(stream: &mut TcpStream) -> String {
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(support::DEADLINE, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("the connection stayed open after a bad request"),
-        }
-    }
-    String::from_utf8_lossy(&all).into_owned()
-}
-
 fn sha_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     format!("{:x}", Sha256::digest(data))
@@ -257,7 +243,7 @@ async fn smuggling_shapes_get_400_and_other_connections_are_unaffected() {
     for raw in bad {
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
         stream.write_all(raw.as_bytes()).await.unwrap();
-        let text = read_until_closed(&mut stream).await;
+        let (text, _) = support::read_until_closed(&mut stream).await;
         assert!(
             text.is_empty() || text.starts_with("HTTP/1.1 400"),
             "{raw:?} got {text:?}"

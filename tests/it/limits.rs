@@ -24,24 +24,6 @@ fn statuses(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Reads until the peer closes; returns what arrived and how long it took.
-async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
-    let started = Instant::now();
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(support::DEADLINE, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("connection still open after {:?}", support::DEADLINE),
-        }
-    }
-    (
-        String::from_utf8_lossy(&all).into_owned(),
-        started.elapsed(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_head_is_closed_after_header_timeout() {
     let backend = Backend::start("b").await;
@@ -51,7 +33,7 @@ async fn a_stalled_request_head_is_closed_after_header_timeout() {
         .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
         .await
         .unwrap();
-    let (_, took) = read_until_closed(&mut stream).await;
+    let (_, took) = support::read_until_closed(&mut stream).await;
     assert!(
         took >= Duration::from_millis(250),
         "closed too early: {took:?}"
@@ -81,7 +63,7 @@ async fn an_idle_connection_is_closed_after_idle_timeout_but_a_slow_response_is_
         .write_all(b"GET /slow/700 HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    let (text, took) = read_until_closed(&mut stream).await;
+    let (text, took) = support::read_until_closed(&mut stream).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
     assert!(text.ends_with("b"), "{text:?}");
     assert!(
@@ -119,7 +101,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_header_timeout() {
     let backend = Backend::start("b").await;
     let proxy = proxy_with_limits(&backend, "header_timeout: 300ms, idle_timeout: 30s").await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (_, took) = read_until_closed(&mut stream).await;
+    let (_, took) = support::read_until_closed(&mut stream).await;
     assert!(
         took < Duration::from_secs(3),
         "a silent connection held its slot for {took:?}"
@@ -138,7 +120,7 @@ async fn a_smuggling_shape_pipelined_behind_a_good_request_is_refused() {
         )
         .await
         .unwrap();
-    let (text, _) = read_until_closed(&mut stream).await;
+    let (text, _) = support::read_until_closed(&mut stream).await;
     assert_eq!(statuses(&text), ["200", "400"], "{text}");
     assert_eq!(
         backend.requests(),
@@ -164,7 +146,7 @@ async fn a_smuggling_shape_sent_during_a_slow_response_is_refused() {
         .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         .await
         .unwrap();
-    let (text, _) = read_until_closed(&mut stream).await;
+    let (text, _) = support::read_until_closed(&mut stream).await;
     assert_eq!(statuses(&text), ["200", "400"], "{text}");
 }
 

@@ -76,14 +76,7 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
     let started = Instant::now();
     let snapshot = ctx.shared.snapshot();
     let (mut parts, body) = req.into_parts();
-    let request_id = match parts.headers.get(&X_REQUEST_ID) {
-        Some(id) => id.clone(),
-        None => {
-            let id = ctx.shared.request_ids.next();
-            parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
-            id
-        }
-    };
+    let request_id = ensure_request_id(ctx, &mut parts.headers);
     let host = request_host(&parts);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let route = snapshot
@@ -91,41 +84,82 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
         .route(host_str, parts.uri.path())
         .map(|i| &snapshot.routes[i]);
     let mut log = snapshot.access_log.as_ref().map(|logger| {
-        Pending::new(
-            logger.clone(),
-            started,
-            Entry {
-                time: std::time::SystemTime::now(),
-                client: ctx.client.ip(),
-                method: parts.method.clone(),
-                host: host.clone(),
-                uri: parts.uri.clone(),
-                status: 0,
-                bytes: 0,
-                duration_ms: 0.0,
-                route: route.map(|r| r.name.clone()),
-                pool: route.map(|r| snapshot.pools[r.pool].name.clone()),
-                upstream: None,
-                request_id: Some(request_id.clone()),
-            },
-        )
+        let entry = log_entry(ctx, &snapshot, &parts, route, &host, &request_id);
+        Pending::new(logger.clone(), started, entry)
     });
-    let outcome = match route {
-        _ if parts.version <= Version::HTTP_11
-            && (parts.extensions.get::<AmbiguousFraming>().is_some()
-                || headers::has_ambiguous_framing(&parts.headers)) =>
-        {
-            Err(ProxyError::BadFraming)
-        }
-        _ if headers::has_invalid_host(parts.version, &parts.headers) => {
-            Err(ProxyError::BadRequest)
-        }
-        Some(route) => forward(ctx, &snapshot, route, parts, body, host).await,
-        None => Err(ProxyError::NoRoute),
+    let outcome = match (check_request(&parts), route) {
+        (Err(error), _) => Err(error),
+        (Ok(()), Some(route)) => forward(ctx, &snapshot, route, parts, body, host).await,
+        (Ok(()), None) => Err(ProxyError::NoRoute),
     };
-    let mut response = match outcome {
+    let mut response = respond(outcome, log.as_mut());
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
+    if let Some(log) = log.as_mut() {
+        log.entry_mut().status = response.status().as_u16();
+    }
+    let (head, body) = response.into_parts();
+    Response::from_parts(head, body.with_log(log))
+}
+
+/// The request's `X-Request-Id`, generated and added when the client sent none.
+fn ensure_request_id(ctx: &ConnContext, headers: &mut http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        return id.clone();
+    }
+    let id = ctx.shared.request_ids.next();
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+/// Refuses malformed requests before anything is forwarded (SPEC section 10).
+fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
+    if parts.version <= Version::HTTP_11
+        && (parts.extensions.get::<AmbiguousFraming>().is_some()
+            || headers::has_ambiguous_framing(&parts.headers))
+    {
+        return Err(ProxyError::BadFraming);
+    }
+    if headers::has_invalid_host(parts.version, &parts.headers) {
+        return Err(ProxyError::BadRequest);
+    }
+    Ok(())
+}
+
+/// The access-log entry of a request, before its outcome is known.
+fn log_entry(
+    ctx: &ConnContext,
+    snapshot: &Snapshot,
+    parts: &request::Parts,
+    route: Option<&Route>,
+    host: &Option<HeaderValue>,
+    request_id: &HeaderValue,
+) -> Entry {
+    Entry {
+        time: std::time::SystemTime::now(),
+        client: ctx.client.ip(),
+        method: parts.method.clone(),
+        host: host.clone(),
+        uri: parts.uri.clone(),
+        status: 0,
+        bytes: 0,
+        duration_ms: 0.0,
+        route: route.map(|r| r.name.clone()),
+        pool: route.map(|r| snapshot.pools[r.pool].name.clone()),
+        upstream: None,
+        request_id: Some(request_id.clone()),
+    }
+}
+
+/// The response for an outcome: the upstream's, streamed, or the proxy's own answer.
+fn respond(
+    outcome: Result<retry::Forwarded, ProxyError>,
+    log: Option<&mut Pending>,
+) -> Response<ResponseBody> {
+    match outcome {
         Ok(forwarded) => {
-            if let Some(log) = log.as_mut() {
+            if let Some(log) = log {
                 log.entry_mut().upstream = Some(forwarded.in_flight.upstream().id.clone());
             }
             let (mut head, body) = forwarded.response.into_parts();
@@ -144,15 +178,7 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
             }
             response
         }
-    };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id);
-    if let Some(log) = log.as_mut() {
-        log.entry_mut().status = response.status().as_u16();
     }
-    let (head, body) = response.into_parts();
-    Response::from_parts(head, body.with_log(log))
 }
 
 /// The host the client asked for: the target's authority when it has one (HTTP/1

@@ -165,39 +165,8 @@ impl Framing {
             self.in_head = true;
             event(Event::HeadStarted);
         }
-        let (head, rest) = if self.pending.is_empty() {
-            match head_end(bytes) {
-                Some(end) => (parse_head(&bytes[..end]), &bytes[end..]),
-                None => {
-                    self.keep(bytes, MAX_HEAD);
-                    return &[];
-                }
-            }
-        } else {
-            let before = self.pending.len();
-            self.keep(bytes, MAX_HEAD);
-            // Resume at the start of the last (partial) line so a terminator split across
-            // reads is found and a line's tail is never mistaken for a blank line.
-            let from = self.pending[..before]
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map_or(0, |i| i + 1);
-            match head_end(&self.pending[from..]) {
-                Some(end) => {
-                    let end = from + end;
-                    let head = parse_head(&self.pending[..end]);
-                    // The end lies in the new bytes: earlier reads would have found it.
-                    let used = end.saturating_sub(before).min(bytes.len());
-                    self.pending.clear();
-                    (head, &bytes[used..])
-                }
-                None if self.pending.len() >= MAX_HEAD => {
-                    // hyper answers 431 and closes; nothing more to follow here.
-                    self.state = State::Opaque;
-                    return &[];
-                }
-                None => return &[],
-            }
+        let Some((head, rest)) = self.complete_head(bytes) else {
+            return &[];
         };
         self.in_head = false;
         let Some(head) = head else {
@@ -219,6 +188,41 @@ impl Framing {
             Body::Chunked => State::ChunkSize,
         };
         rest
+    }
+
+    /// The parsed head (`None` inside: the HTTP/2 preface) and the bytes after it, once the
+    /// head's end has arrived; until then keeps the bytes and returns `None`.
+    fn complete_head<'a>(&mut self, bytes: &'a [u8]) -> Option<(Option<Head>, &'a [u8])> {
+        if self.pending.is_empty() {
+            return match head_end(bytes) {
+                Some(end) => Some((parse_head(&bytes[..end]), &bytes[end..])),
+                None => {
+                    self.keep(bytes, MAX_HEAD);
+                    None
+                }
+            };
+        }
+        let before = self.pending.len();
+        self.keep(bytes, MAX_HEAD);
+        // Resume at the start of the last (partial) line so a terminator split across reads
+        // is found and a line's tail is never mistaken for a blank line.
+        let from = self.pending[..before]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let Some(end) = head_end(&self.pending[from..]) else {
+            if self.pending.len() >= MAX_HEAD {
+                // hyper answers 431 and closes; nothing more to follow here.
+                self.state = State::Opaque;
+            }
+            return None;
+        };
+        let end = from + end;
+        let head = parse_head(&self.pending[..end]);
+        // The end lies in the new bytes: earlier reads would have found it.
+        let used = end.saturating_sub(before).min(bytes.len());
+        self.pending.clear();
+        Some((head, &bytes[used..]))
     }
 
     /// One line (without its line end) from `pending` plus `bytes`, and what follows it.

@@ -25,8 +25,9 @@ const MAX_SIZE_LINE: usize = 4 * 1024;
 pub(crate) enum Event {
     /// The first byte of a request head arrived.
     HeadStarted,
-    /// A head ended; `ambiguous` when it repeats `Content-Length` or has it beside
-    /// `Transfer-Encoding`. `body` when a body follows.
+    /// A head ended; `ambiguous` when it repeats `Content-Length`, has it beside
+    /// `Transfer-Encoding`, or has a `Transfer-Encoding` other than one plain `chunked`.
+    /// `body` when a body follows.
     HeadEnded {
         /// The head's framing is a smuggling shape.
         ambiguous: bool,
@@ -285,13 +286,17 @@ fn parse_head(head: &[u8]) -> Option<Head> {
     let mut lengths = 0u32;
     let mut length = None;
     let mut encodings = 0u32;
+    let mut only_chunked = true;
     for line in lines {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(value) = value_of(line, b"content-length") {
             lengths += 1;
             length = length.or_else(|| parse_u64(value));
-        } else if value_of(line, b"transfer-encoding").is_some() {
+        } else if let Some(value) = value_of(line, b"transfer-encoding") {
             encodings += 1;
+            // Only a single plain `chunked` is framed the same by every peer; other codings
+            // would also be lost when the hop-by-hop header is dropped.
+            only_chunked &= value.eq_ignore_ascii_case(b"chunked");
         }
     }
     // As hyper frames it: Transfer-Encoding wins over Content-Length.
@@ -301,7 +306,7 @@ fn parse_head(head: &[u8]) -> Option<Head> {
         _ => Body::Chunked,
     };
     Some(Head {
-        ambiguous: lengths > 1 || (lengths > 0 && encodings > 0),
+        ambiguous: lengths > 1 || (lengths > 0 && encodings > 0) || encodings > 1 || !only_chunked,
         body,
     })
 }

@@ -55,29 +55,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rejects HTTP/1 request framings that peers could read differently (SPEC section 10):
-/// both `Content-Length` and `Transfer-Encoding`, repeated `Content-Length` (even with equal
-/// values), or a `Transfer-Encoding` other than a single `chunked`. hyper accepts several of
-/// these as RFC 9112 allows a recipient to; a proxy must not, since the upstream might frame
-/// the same bytes differently.
-pub fn has_ambiguous_framing(headers: &HeaderMap) -> bool {
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let content_length = lengths.next().is_some();
-    if lengths.next().is_some() {
-        return true;
-    }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    let Some(first) = codings.next() else {
-        return false;
-    };
-    content_length
-        || codings.next().is_some()
-        || !first
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"chunked")
-}
-
 /// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112 section 3.2: a server MUST
 /// answer 400 otherwise); HTTP/1.0 may omit it and HTTP/2 uses `:authority`.
 pub fn has_invalid_host(version: http::Version, headers: &HeaderMap) -> bool {
@@ -187,30 +164,6 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
-    }
-
-    #[test]
-    fn conflicting_or_repeated_framing_headers_are_ambiguous() {
-        let framing = |pairs: &[(&'static str, &'static str)]| {
-            let mut h = HeaderMap::new();
-            for (k, v) in pairs {
-                h.append(*k, HeaderValue::from_static(v));
-            }
-            has_ambiguous_framing(&h)
-        };
-        assert!(!framing(&[]));
-        assert!(!framing(&[("content-length", "5")]));
-        assert!(!framing(&[("transfer-encoding", "Chunked")]));
-        assert!(framing(&[
-            ("content-length", "5"),
-            ("transfer-encoding", "chunked")
-        ]));
-        assert!(framing(&[("content-length", "5"), ("content-length", "5")]));
-        assert!(framing(&[
-            ("transfer-encoding", "chunked"),
-            ("transfer-encoding", "chunked")
-        ]));
-        assert!(framing(&[("transfer-encoding", "gzip, chunked")]));
     }
 
     #[test]

@@ -31,8 +31,9 @@ use crate::upstream::Pool;
 pub use error::ProxyError;
 use headers::X_REQUEST_ID;
 
-/// Request extension set by the listener when the raw head repeated `Content-Length` or had
-/// it beside `Transfer-Encoding` (evidence hyper's parser removes; see `listener`).
+/// Request extension set by the listener when the raw head's framing is a smuggling shape:
+/// `Content-Length` repeated or beside `Transfer-Encoding`, or a `Transfer-Encoding` other than
+/// one plain `chunked` (hyper's parser removes part of that evidence; see `listener`).
 #[derive(Debug, Clone, Copy)]
 pub struct AmbiguousFraming;
 
@@ -115,10 +116,7 @@ fn ensure_request_id(ctx: &ConnContext, headers: &mut http::HeaderMap) -> Header
 
 /// Refuses malformed requests before anything is forwarded (SPEC section 10).
 fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
-    if parts.version <= Version::HTTP_11
-        && (parts.extensions.get::<AmbiguousFraming>().is_some()
-            || headers::has_ambiguous_framing(&parts.headers))
-    {
+    if parts.extensions.get::<AmbiguousFraming>().is_some() {
         return Err(ProxyError::BadFraming);
     }
     if headers::has_invalid_host(parts.version, &parts.headers) {

@@ -148,3 +148,26 @@ fn blank_lines_between_requests_do_not_start_a_head() {
         [Event::HeadStarted, CLEAN, Event::HeadStarted, CLEAN]
     );
 }
+
+#[test]
+fn transfer_encoding_other_than_one_plain_chunked_is_ambiguous() {
+    let verdict = |head: &[u8]| events(&[head])[1];
+    assert_eq!(
+        verdict(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+        CLEAN_BODY
+    );
+    assert_eq!(
+        verdict(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+        AMBIGUOUS
+    );
+    assert_eq!(
+        verdict(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ),
+        AMBIGUOUS
+    );
+    assert_eq!(
+        verdict(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+        AMBIGUOUS
+    );
+}

@@ -56,18 +56,6 @@ pub enum ClientError {
     Exchange(#[source] hyper::Error),
 }
 
-impl ClientError {
-    /// True when nothing reached the upstream, so any request may be retried elsewhere.
-    pub fn is_connect(&self) -> bool {
-        !matches!(self, ClientError::Exchange(_))
-    }
-
-    /// True when the failure was a timeout.
-    pub fn is_timeout(&self) -> bool {
-        matches!(self, ClientError::ConnectTimeout)
-    }
-}
-
 /// The idle keep-alive connections of one upstream, newest last.
 #[derive(Debug, Default)]
 pub(crate) struct IdleConnections {
@@ -121,7 +109,6 @@ impl IdleConnections {
 pub struct Connection {
     sender: http1::SendRequest<RequestBody>,
     upstream: Arc<Upstream>,
-    reused: bool,
 }
 
 /// Outcome of [`Connection::send`] when it failed.
@@ -145,7 +132,6 @@ impl Connection {
             return Ok(Connection {
                 sender,
                 upstream: upstream.clone(),
-                reused: true,
             });
         }
         Self::open(upstream, connect_timeout).await
@@ -175,13 +161,7 @@ impl Connection {
         Ok(Connection {
             sender,
             upstream: upstream.clone(),
-            reused: false,
         })
-    }
-
-    /// Whether this connection came from the idle pool (it may have been closed meanwhile).
-    pub fn is_reused(&self) -> bool {
-        self.reused
     }
 
     /// The upstream at the other end.
@@ -209,7 +189,6 @@ impl Connection {
         let Connection {
             mut sender,
             upstream,
-            ..
         } = self;
         if sender.is_closed() {
             return;

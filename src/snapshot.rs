@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::access_log::Logger;
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, Limits, ListenerConfig, RouteConfig};
 use crate::proxy::headers::RequestIds;
 use crate::router::Router;
 use crate::upstream::{Pool, Source, Upstream};
@@ -60,6 +60,29 @@ pub struct Route {
     pub max_body: Option<u64>,
 }
 
+/// A traffic listener's settings as of one snapshot; a connection reads them once, at accept,
+/// so a reload changes the limits (and, with TLS, the certificates) of new connections only.
+#[derive(Debug)]
+pub struct ListenerSettings {
+    /// The listener's unique name (metrics label).
+    pub name: Arc<str>,
+    /// The configured bind address.
+    pub bind: SocketAddr,
+    /// Per-connection limits.
+    pub limits: Limits,
+}
+
+impl ListenerSettings {
+    /// The settings of the listener `cfg` describes.
+    pub fn build(cfg: &ListenerConfig) -> Result<ListenerSettings, BuildError> {
+        Ok(ListenerSettings {
+            name: Arc::from(cfg.name.as_str()),
+            bind: cfg.bind,
+            limits: cfg.limits.clone(),
+        })
+    }
+}
+
 /// Everything a request reads, immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -75,6 +98,8 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     /// Access log writer; `None` when `access_log: off`.
     pub access_log: Option<Arc<Logger>>,
+    /// Traffic listeners in file order.
+    pub listeners: Vec<Arc<ListenerSettings>>,
 }
 
 // === impl Snapshot ===
@@ -115,6 +140,11 @@ impl Snapshot {
                 .iter()
                 .map(|r| (r.matcher.host.as_deref(), r.matcher.path_prefix.as_str())),
         );
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| ListenerSettings::build(l).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let access_log = match previous {
             Some(p) if p.config.access_log == config.access_log => p.access_log.clone(),
             _ => Logger::start(&config.access_log).map_err(BuildError::AccessLog)?,
@@ -126,7 +156,13 @@ impl Snapshot {
             routes,
             pools,
             access_log,
+            listeners,
         })
+    }
+
+    /// The settings of the listener named `name`.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSettings>> {
+        self.listeners.iter().find(|l| &*l.name == name)
     }
 
     /// The pool named `name`.

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, ListenerConfig};
 use crate::proxy::{self, ConnContext};
-use crate::snapshot::Shared;
+use crate::snapshot::{ListenerSettings, Shared};
 pub use activity::RequestGuard;
 use activity::{Activity, Expiry, WatchedIo};
 
@@ -47,12 +47,13 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// One bound listener and the settings it serves with.
+/// One bound listener. Its connection settings come from the running snapshot at each
+/// accept (see [`ListenerSettings`]); only `max_connections` is fixed when it is bound.
 #[derive(Debug)]
 pub struct Listener {
     name: Arc<str>,
     socket: TcpListener,
-    limits: Limits,
+    max_connections: usize,
 }
 
 // === impl Listener ===
@@ -63,7 +64,7 @@ impl Listener {
         Ok(Listener {
             name: Arc::from(cfg.name.as_str()),
             socket: bind(cfg.bind)?,
-            limits: cfg.limits.clone(),
+            max_connections: cfg.limits.max_connections,
         })
     }
 
@@ -80,9 +81,10 @@ impl Listener {
     /// Accepts and serves until `shutdown` fires, then waits up to `drain` for open
     /// connections to finish their requests; connections still open after that are closed.
     pub async fn serve(self, shared: Arc<Shared>, shutdown: CancellationToken, drain: Duration) {
-        let max = self.limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let max = self.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let permits = Arc::new(Semaphore::new(max));
-        let builder = Arc::new(http_builder(&self.limits));
+        let mut settings = self.settings(&shared, None);
+        let mut builder = Arc::new(http_builder(&settings.limits));
         // Fired at the drain deadline: connections still open then are dropped.
         let abort = CancellationToken::new();
         loop {
@@ -105,15 +107,20 @@ impl Listener {
                 },
                 () = shutdown.cancelled() => break,
             };
+            let current = self.settings(&shared, Some(&settings));
+            if !Arc::ptr_eq(&current, &settings) {
+                settings = current;
+                builder = Arc::new(http_builder(&settings.limits));
+            }
             let ctx = ConnContext::new(shared.clone(), self.name.clone(), client, "http");
             let builder = builder.clone();
             let signals = Signals {
                 shutdown: shutdown.clone(),
                 abort: abort.clone(),
             };
-            let limits = self.limits.clone();
+            let settings = settings.clone();
             tokio::spawn(async move {
-                serve_connection(stream, ctx, &builder, &limits, signals).await;
+                serve_connection(stream, ctx, &builder, &settings.limits, signals).await;
                 drop(permit);
             });
         }
@@ -127,6 +134,30 @@ impl Listener {
             abort.cancel();
             // Aborted tasks return at their next poll; give them a moment to release.
             let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
+        }
+    }
+}
+
+impl Listener {
+    /// This listener's settings in the running snapshot; `last` when a reload removed it
+    /// (it is being closed and keeps serving its open connections as they were).
+    fn settings(
+        &self,
+        shared: &Shared,
+        last: Option<&Arc<ListenerSettings>>,
+    ) -> Arc<ListenerSettings> {
+        let snapshot = shared.snapshot();
+        match (snapshot.listener(&self.name), last) {
+            (Some(current), _) => current.clone(),
+            (None, Some(last)) => last.clone(),
+            (None, None) => Arc::new(ListenerSettings {
+                name: self.name.clone(),
+                bind: self
+                    .socket
+                    .local_addr()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                limits: Limits::default(),
+            }),
         }
     }
 }

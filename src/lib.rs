@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use config::Config;
 use listener::Listener;
@@ -75,6 +75,8 @@ pub struct Server {
     shutdown: CancellationToken,
     listeners: Vec<(String, SocketAddr)>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stops every health-check task when the server is shut down or dropped.
+    checks: DropGuard,
 }
 
 // === impl Server ===
@@ -101,6 +103,8 @@ impl Server {
             .await
             .expect("snapshot build does not panic")?;
         let shared = Arc::new(Shared::new(snapshot));
+        shared.checkers.sync(&shared.snapshot());
+        let checks = shared.checkers.drop_guard();
         let shutdown = CancellationToken::new();
         let mut listeners = Vec::with_capacity(bound.len());
         let mut tasks = Vec::with_capacity(bound.len());
@@ -123,6 +127,7 @@ impl Server {
             shutdown,
             listeners,
             tasks,
+            checks,
         })
     }
 
@@ -147,6 +152,9 @@ impl Server {
                 tracing::error!(%error, "listener task failed");
             }
         }
+        // Checks run until the drain ends: requests still in flight use their verdicts.
+        drop(self.checks);
+        self.shared.checkers.stop();
     }
 }
 

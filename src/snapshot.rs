@@ -20,6 +20,7 @@ use crate::access_log::Logger;
 use crate::config::{Config, Limits, ListenerConfig, RouteConfig};
 use crate::proxy::headers::RequestIds;
 use crate::router::Router;
+use crate::upstream::health::Checkers;
 use crate::upstream::{Pool, Source, Upstream};
 
 /// Why a valid config could not be turned into a running snapshot.
@@ -209,6 +210,9 @@ pub struct Shared {
     current: ArcSwap<Snapshot>,
     /// Generator of `X-Request-Id` values.
     pub request_ids: RequestIds,
+    /// Active health-check tasks; call `checkers.sync(&snapshot)` after every swap or
+    /// membership change.
+    pub checkers: Checkers,
 }
 
 // === impl Shared ===
@@ -219,6 +223,7 @@ impl Shared {
         Shared {
             current: ArcSwap::from_pointee(snapshot),
             request_ids: RequestIds::new(),
+            checkers: Checkers::new(),
         }
     }
 

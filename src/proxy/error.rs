@@ -14,9 +14,9 @@ pub enum ProxyError {
     /// No route matches the request's host and path.
     #[error("no route matches the request")]
     NoRoute,
-    /// The route's pool has no healthy, non-ejected upstream.
-    #[error("pool has no healthy upstream")]
-    NoHealthyUpstream,
+    /// The route's pool (named here) has no healthy, non-ejected upstream.
+    #[error("pool {0:?} has no healthy upstream")]
+    NoHealthyUpstream(std::sync::Arc<str>),
     /// Connecting to the upstream failed (refused, unreachable, connect timeout).
     #[error("upstream connect failed")]
     UpstreamConnect(#[source] crate::upstream::ClientError),
@@ -44,7 +44,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -54,11 +54,12 @@ impl ProxyError {
         }
     }
 
-    /// The short text body that says which error this is.
+    /// The short text body that says which error this is (the response for
+    /// `NoHealthyUpstream` also names the pool, see [`ProxyError::to_response`]).
     pub fn body(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "404 no route matches this host and path\n",
-            ProxyError::NoHealthyUpstream => "503 the pool has no healthy upstream\n",
+            ProxyError::NoHealthyUpstream(_) => "503 the pool has no healthy upstream\n",
             ProxyError::UpstreamConnect(_) => "502 could not connect to an upstream\n",
             ProxyError::UpstreamReset(_) => {
                 "502 the upstream reset the connection or sent a bad response\n"
@@ -78,7 +79,14 @@ impl ProxyError {
 
     /// The whole response for this error.
     pub fn to_response(&self) -> Response<ResponseBody> {
-        let mut response = Response::new(ResponseBody::full(self.body()));
+        let body = match self {
+            // Built per error: this one is rare and worth naming the pool for the operator.
+            ProxyError::NoHealthyUpstream(pool) => {
+                ResponseBody::full(format!("503 pool {pool:?} has no healthy upstream\n"))
+            }
+            _ => ResponseBody::full(self.body()),
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = self.status();
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -26,6 +26,7 @@ use crate::balance::{hash_key, StrategyKind};
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::HashKey;
 use crate::snapshot::{Route, Shared, Snapshot};
+use crate::upstream::health::Reason;
 use crate::upstream::Pool;
 
 pub use error::ProxyError;
@@ -218,14 +219,21 @@ async fn forward(
     let candidates = pool.candidates().upstreams.len();
     let replay = retry::Replay::capture(&parts, &body, route.retries, candidates);
     let req = Request::from_parts(parts, body);
+    let mut current = None;
     match tokio::time::timeout(
         route.timeout,
-        retry::attempts(pool, route.retries, key, req, replay),
+        retry::attempts(pool, route.retries, key, req, replay, &mut current),
     )
     .await
     {
         Ok(result) => result,
-        Err(_) => Err(ProxyError::Timeout),
+        Err(_) => {
+            // The upstream that did not answer in time counts as failing (outlier detection).
+            if let Some(upstream) = current {
+                pool.report_outcome(&upstream, Some(Reason::Timeout));
+            }
+            Err(ProxyError::Timeout)
+        }
     }
 }
 

@@ -7,6 +7,11 @@
 //! ([`Replay`]) is kept, since the original was consumed by the first attempt. Nothing is sent
 //! to the client before the final attempt's head arrives, so no retry ever follows response
 //! bytes. Each attempt goes to an upstream not tried before for this request.
+//!
+//! Each attempt's outcome goes to the pool's outlier detection (`Pool::report_outcome`, a
+//! no-op without `outlier`): a connect error, a reset or a 502/503/504 answer is a failure,
+//! any other answer a success; a failure of the client's body counts as neither. A response
+//! head timeout is reported by the caller, which learns the upstream from `current`.
 
 use std::sync::Arc;
 
@@ -17,6 +22,7 @@ use hyper::body::Incoming;
 use super::ProxyError;
 use crate::body::{BodyError, RequestBody};
 use crate::upstream::client::SendError;
+use crate::upstream::health::Reason;
 use crate::upstream::{ClientError, Connection, InFlight, Pool, Upstream};
 
 /// A response head from an upstream, with what its body still needs.
@@ -81,13 +87,15 @@ impl Replay {
 /// Most upstreams one request may try (config validation bounds `retries` below this).
 const MAX_ATTEMPTS: usize = 16;
 
-/// Tries upstreams of `pool` until one answers or the rules above say stop.
+/// Tries upstreams of `pool` until one answers or the rules above say stop. While an attempt
+/// waits for its answer, `current` holds its upstream when the pool has outlier detection.
 pub(crate) async fn attempts(
     pool: &Pool,
     retries: u32,
     key: Option<u64>,
     req: Request<RequestBody>,
     replay: Option<Replay>,
+    current: &mut Option<Arc<Upstream>>,
 ) -> Result<Forwarded, ProxyError> {
     let mut req = Some(req);
     // Identities (addresses of the shared `Upstream`s) of those tried; `usize` keeps the future `Send`.
@@ -107,7 +115,12 @@ pub(crate) async fn attempts(
             tracing::debug!(pool = %pool.name, upstream = %upstream.id, attempt, "retrying on another upstream");
         }
         let in_flight = upstream.start_request();
-        match exchange(&upstream, pool, request).await {
+        if pool.outlier.is_some() {
+            *current = Some(upstream.clone());
+        }
+        let result = exchange(&upstream, pool, request).await;
+        *current = None;
+        match result {
             Ok((response, conn)) => {
                 let forwarded = Forwarded {
                     response,
@@ -115,6 +128,8 @@ pub(crate) async fn attempts(
                     in_flight,
                 };
                 let status = forwarded.response.status();
+                let failed = matches!(status.as_u16(), 502..=504);
+                pool.report_outcome(&upstream, failed.then(|| Reason::Status(status.as_u16())));
                 let retryable =
                     status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
                 if retryable && replay.is_some() && attempt + 1 < attempts {
@@ -125,12 +140,17 @@ pub(crate) async fn attempts(
             }
             Err(Failure::Connect(error, request)) => {
                 tracing::debug!(upstream = %upstream.id, %error, "upstream connect failed");
+                pool.report_outcome(&upstream, Some(Reason::from_client_error(&error)));
                 req = Some(*request);
                 last_error = Some(ProxyError::UpstreamConnect(error));
             }
             Err(Failure::Exchange(error)) => {
                 tracing::debug!(upstream = %upstream.id, error = %crate::error_chain(&error), "upstream exchange failed");
+                let reason = Reason::from_client_error(&error);
                 let error = classify(error);
+                if matches!(error, ProxyError::UpstreamReset(_)) {
+                    pool.report_outcome(&upstream, Some(reason));
+                }
                 let stop = replay.is_none() || !matches!(error, ProxyError::UpstreamReset(_));
                 last_error = Some(error);
                 if stop {
@@ -143,7 +163,7 @@ pub(crate) async fn attempts(
         // An upstream's own 502/503 says more than our failure to reach the next one.
         (Some(answer), _) => Ok(answer),
         (None, Some(error)) => Err(error),
-        (None, None) => Err(ProxyError::NoHealthyUpstream),
+        (None, None) => Err(ProxyError::NoHealthyUpstream(pool.name.clone())),
     }
 }
 

@@ -1,25 +1,27 @@
 //! Upstream pools: who the instances of a service are and which of them may take a request.
 //!
 //! An [`Upstream`] is one instance (an address, its weight, its in-flight counter, its health
-//! flag and its own keep-alive connections, see [`client`]). A [`Pool`] holds the upstreams of
+//! state, see [`health`], and its own keep-alive connections, see [`client`]). A [`Pool`] holds the upstreams of
 //! one configured pool and the current *candidate set*: the healthy upstreams and the balancer
 //! built over them. The candidate set is rebuilt only when membership or health changes, so a
 //! pick is one `ArcSwap` load plus the strategy's atomic arithmetic. Upstreams are shared by
 //! `Arc` and matched by address when a snapshot is rebuilt, so their state and connections
-//! carry over a config reload. Health checking and discovery feed this module; they live
-//! elsewhere.
+//! carry over a config reload. A health or ejection transition bumps the pool's
+//! [`health::HealthEpoch`]; [`Pool::candidates`] rebuilds a set built at an older epoch.
+//! Discovery feeds this module; it lives elsewhere.
 
 pub mod client;
+pub mod health;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::balance::{Balancer, StrategyKind};
-use crate::config::{HashKey, PoolConfig, Protocol};
+use crate::config::{HashKey, HealthCheckConfig, OutlierConfig, PoolConfig, Protocol};
 
 pub use client::{ClientError, Connection};
 
@@ -60,7 +62,8 @@ pub struct Upstream {
     /// Where this upstream came from.
     pub source: Source,
     in_flight: AtomicU32,
-    healthy: AtomicBool,
+    /// Active-check verdict and outlier ejection (see [`health`]).
+    pub(crate) health: health::Health,
     /// Keep-alive connections to this upstream waiting for reuse (see `client`).
     pub(crate) idle: client::IdleConnections,
 }
@@ -76,7 +79,7 @@ impl Upstream {
             weight,
             source,
             in_flight: AtomicU32::new(0),
-            healthy: AtomicBool::new(true),
+            health: health::Health::default(),
             idle: client::IdleConnections::default(),
         }
     }
@@ -86,9 +89,10 @@ impl Upstream {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Whether health checking currently lets this upstream take traffic.
+    /// Whether this upstream may take traffic now: active checks say healthy (or none run)
+    /// and outlier detection has not ejected it.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.may_serve()
     }
 
     /// Keep-alive connections to this upstream currently idle in its pool.
@@ -96,9 +100,9 @@ impl Upstream {
         self.idle.len()
     }
 
-    /// Records a health verdict; returns true when it changed.
+    /// Records an active-check verdict; returns true when it changed (pools then see it).
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+        self.health.set_healthy(healthy)
     }
 
     /// Counts a request as in flight until the guard is dropped.
@@ -132,6 +136,8 @@ pub struct Candidates {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Strategy state for exactly this set.
     pub balancer: Balancer,
+    /// The pool's health epoch this set was built at; stale once the epoch moves on.
+    epoch: u64,
 }
 
 /// A configured pool of upstreams.
@@ -147,9 +153,18 @@ pub struct Pool {
     pub protocol: Protocol,
     /// Deadline for establishing one upstream connection.
     pub connect_timeout: Duration,
+    /// Active health checks; `None` = every upstream counts as checked healthy.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive checks on live traffic; `None` = nothing is counted.
+    pub outlier: Option<OutlierConfig>,
     upstreams: ArcSwap<Vec<Arc<Upstream>>>,
     candidates: ArcSwap<Candidates>,
     seed: AtomicU64,
+    /// Bumped by every health transition of this pool's upstreams; shared with the pool of
+    /// the same name in older and newer snapshots.
+    epoch: Arc<health::HealthEpoch>,
+    /// Serialises rebuilds; the request path only `try_lock`s it, so it never waits.
+    rebuilding: Mutex<()>,
 }
 
 // === impl Pool ===
@@ -158,11 +173,16 @@ impl Pool {
     /// Builds a pool over `upstreams`, reusing the balancer position of `previous` if given.
     pub fn new(cfg: &PoolConfig, upstreams: Vec<Arc<Upstream>>, previous: Option<&Pool>) -> Pool {
         let seed = previous.map_or(0x5157_1c4a_9d2e_0b31, |p| p.seed.load(Ordering::Relaxed));
+        let epoch = previous.map_or_else(Default::default, |p| p.epoch.clone());
+        for upstream in &upstreams {
+            upstream.health.join(&epoch);
+        }
         let candidates = build_candidates(
             cfg.strategy,
             &upstreams,
             seed,
             previous.map(|p| p.candidates.load_full()).as_deref(),
+            epoch.current(),
         );
         Pool {
             name: Arc::from(cfg.name.as_str()),
@@ -170,9 +190,13 @@ impl Pool {
             hash_key: cfg.hash_key.clone(),
             protocol: cfg.protocol,
             connect_timeout: cfg.connect_timeout,
+            health_check: cfg.health_check.clone(),
+            outlier: cfg.outlier.clone(),
             upstreams: ArcSwap::from_pointee(upstreams),
             candidates: ArcSwap::from_pointee(candidates),
             seed: AtomicU64::new(seed.wrapping_add(1)),
+            epoch,
+            rebuilding: Mutex::new(()),
         }
     }
 
@@ -182,22 +206,47 @@ impl Pool {
     }
 
     /// The current candidate set; cheap, lock-free, meant for the request path.
+    ///
+    /// One atomic load checks it against the health epoch; a stale set is rebuilt here by one
+    /// request while concurrent ones use the stale set (they never wait).
+    #[inline]
     pub fn candidates(&self) -> arc_swap::Guard<Arc<Candidates>> {
+        let current = self.candidates.load();
+        if current.epoch == self.epoch.current() {
+            return current;
+        }
+        let Ok(_rebuilding) = self.rebuilding.try_lock() else {
+            return current;
+        };
+        drop(current);
+        self.rebuild();
         self.candidates.load()
     }
 
     /// Replaces the membership (discovery, registry) and rebuilds the candidates.
     pub fn set_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
+        for upstream in &upstreams {
+            upstream.health.join(&self.epoch);
+        }
         self.upstreams.store(Arc::new(upstreams));
         self.refresh();
     }
 
     /// Rebuilds the candidate set after a health or membership change.
     pub fn refresh(&self) {
+        let _rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        self.rebuild();
+    }
+
+    /// Builds and stores a new candidate set; the caller holds `rebuilding`.
+    fn rebuild(&self) {
+        // Read the epoch before the health flags: a transition racing with this rebuild
+        // leaves the set stale, so the next request rebuilds again.
+        let epoch = self.epoch.current();
         let upstreams = self.upstreams.load();
         let seed = self.seed.fetch_add(1, Ordering::Relaxed);
         let previous = self.candidates.load_full();
-        let next = build_candidates(self.strategy, &upstreams, seed, Some(&previous));
+        let next = build_candidates(self.strategy, &upstreams, seed, Some(&previous), epoch);
         self.candidates.store(Arc::new(next));
     }
 }
@@ -207,6 +256,7 @@ fn build_candidates(
     upstreams: &[Arc<Upstream>],
     seed: u64,
     previous: Option<&Candidates>,
+    epoch: u64,
 ) -> Candidates {
     let healthy: Vec<Arc<Upstream>> = upstreams
         .iter()
@@ -225,5 +275,6 @@ fn build_candidates(
     Candidates {
         upstreams: healthy,
         balancer,
+        epoch,
     }
 }

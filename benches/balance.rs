@@ -6,8 +6,13 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use criterion::{BenchmarkId, Criterion};
 use switchyard::balance::{hash_key, Balancer, StrategyKind};
+use switchyard::config::PoolConfig;
+use switchyard::upstream::{Pool, Source, Upstream};
 
 /// Keys per cycle; a power of two so the cycle index is a mask.
 const KEYS: usize = 1024;
@@ -50,10 +55,34 @@ fn bench_pick(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a request pays per pick through its pool: `Pool::candidates()` (an `ArcSwap` load
+/// plus the health-epoch check) and the round-robin pick, over 3 and 100 upstreams.
+fn bench_pool_pick(c: &mut Criterion) {
+    let cfg: PoolConfig = serde_yaml_ng::from_str("name: p").expect("a minimal pool config");
+    let mut group = c.benchmark_group("pool_pick");
+    for n in [3u16, 100] {
+        let upstreams = (0..n)
+            .map(|i| {
+                let addr = SocketAddr::from(([10, 0, 0, 1], 8000 + i));
+                Arc::new(Upstream::new(addr, 1, Source::Static))
+            })
+            .collect();
+        let pool = Pool::new(&cfg, upstreams, None);
+        group.bench_function(BenchmarkId::new("round_robin", n), |b| {
+            b.iter(|| {
+                let candidates = pool.candidates();
+                black_box(candidates.balancer.pick(None, |_| 0))
+            });
+        });
+    }
+    group.finish();
+}
+
 // A plain `main` rather than `criterion_group!`, whose generated `pub fn`
 // has no doc and trips the crate's `missing_docs` lint.
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     bench_pick(&mut criterion);
+    bench_pool_pick(&mut criterion);
     criterion.final_summary();
 }

@@ -27,7 +27,7 @@ fn main() {
         return; // `cargo bench -- --list` and test discovery: nothing to list.
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
@@ -39,7 +39,7 @@ async fn run() {
     let mut yaml = String::from(
         "listeners:\n  - name: bench\n    bind: \"127.0.0.1:0\"\naccess_log: off\n\
          routes:\n  - name: r\n    pool: p\npools:\n  - name: p\n\
-         \x20   health_check: { interval: 1s, timeout: 500ms }\n    upstreams:\n",
+         \x20   health_check: { interval: 1s, timeout: 900ms }\n    upstreams:\n",
     );
     for _ in 0..UPSTREAMS {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -388,6 +388,11 @@ impl Upstream {
 
     fn eject(self: &Arc<Self>, reason: Reason, base: Duration, pool: &Arc<str>) {
         let h = &self.health;
+        // Without a runtime no timer could end the ejection: better not to eject at all.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(pool = %pool, upstream = %self.id, "outlier ejection needs a tokio runtime; not ejecting");
+            return;
+        };
         if h.ejected.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -405,7 +410,7 @@ impl Upstream {
         let weak = Arc::downgrade(self);
         let pool = pool.clone();
         // Holds only a `Weak`: an upstream that left the config is not kept alive by its timer.
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             tokio::time::sleep(duration).await;
             if let Some(upstream) = weak.upgrade() {
                 upstream.end_ejection(&pool);

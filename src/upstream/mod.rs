@@ -215,8 +215,11 @@ impl Pool {
         if current.epoch == self.epoch.current() {
             return current;
         }
-        let Ok(_rebuilding) = self.rebuilding.try_lock() else {
-            return current;
+        let _rebuilding = match self.rebuilding.try_lock() {
+            Ok(guard) => guard,
+            // Guards no data: a panic while holding it leaves nothing to repair.
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return current,
         };
         drop(current);
         self.rebuild();

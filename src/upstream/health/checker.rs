@@ -73,6 +73,10 @@ impl Checkers {
         if self.root.is_cancelled() {
             return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("health checks need a tokio runtime; none started");
+            return;
+        };
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut wanted: HashMap<Key, Check> = HashMap::with_capacity(running.len());
         for pool in &snapshot.pools {
@@ -87,7 +91,7 @@ impl Checkers {
                         if let Some(old) = old {
                             old.cancel.cancel();
                         }
-                        self.start(&pool.name, upstream, hc)
+                        self.start(&runtime, &pool.name, upstream, hc)
                     }
                 };
                 wanted.insert(key, check);
@@ -131,7 +135,13 @@ impl Checkers {
         self.len() == 0
     }
 
-    fn start(&self, pool: &Arc<str>, upstream: &Arc<Upstream>, cfg: &HealthCheckConfig) -> Check {
+    fn start(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        pool: &Arc<str>,
+        upstream: &Arc<Upstream>,
+        cfg: &HealthCheckConfig,
+    ) -> Check {
         let cancel = self.root.child_token();
         let task = Task {
             upstream: upstream.clone(),
@@ -140,7 +150,7 @@ impl Checkers {
             cancel: cancel.clone(),
         };
         tracing::debug!(pool = %pool, upstream = %upstream.id, "health checks started");
-        tokio::spawn(task.run());
+        runtime.spawn(task.run());
         Check {
             upstream: upstream.clone(),
             config: cfg.clone(),

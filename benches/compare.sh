@@ -31,7 +31,17 @@
 #   RATE [10000]      total requests/s of the `rate` scenario
 #   PROXY_CPU [0]     CPU the proxy is pinned to
 #   LOAD_CPU [1]      CPU for the load generator and the backends
-#   SWITCHYARD_BIN    use this binary instead of `cargo build --release` (e.g. a variant)
+#   NICE [0]          niceness of the proxy, load and backends; on a machine shared with
+#                     other work, NICE=-20 (as root) keeps that work from skewing the runs.
+#                     With the kernel's autogroup scheduling (sched_autogroup_enabled = 1)
+#                     niceness only ranks processes within one session, so the script also
+#                     sets its session's autogroup nice for the length of the run and puts
+#                     it back on exit. The report shows how much CPU other processes still
+#                     took on the proxy's CPU during the runs ("other CPU s").
+#   SWITCHYARD_BIN    use this binary instead of `cargo build --release`
+#   VARIANTS          extra switchyard builds to compare, as LABEL=PATH[,LABEL=PATH...]; each
+#                     runs as proxy `sy-LABEL` (access log off), e.g.
+#                     VARIANTS=mimalloc=/tmp/sy-mimalloc PROXIES=switchyard,sy-mimalloc
 #   RESULTS           also write the raw per-run TSV to this file
 #   REPORT            also write the markdown report to this file
 #
@@ -46,6 +56,9 @@ PROXIES=${PROXIES:-switchyard,switchyard-log,nginx,haproxy}
 RATE=${RATE:-10000}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+NICE=${NICE:-0}
+ON_PROXY_CPU=(nice -n "$NICE" taskset -c "$PROXY_CPU")
+ON_LOAD_CPU=(nice -n "$NICE" taskset -c "$LOAD_CPU")
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-compare.XXXXXX")
@@ -57,6 +70,7 @@ log() { printf '[compare] %s\n' "$*" >&2; }
 
 cleanup() {
     local pid
+    [ -n "${AUTOGROUP_NICE:-}" ] && echo "$AUTOGROUP_NICE" >/proc/self/autogroup 2>/dev/null
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -165,6 +179,11 @@ cpu_ticks() {
     echo "$total"
 }
 
+# Busy (non-idle, non-iowait) clock ticks of one CPU since boot, from /proc/stat.
+cpu_busy_ticks() {
+    awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
 # Peak RSS (VmHWM) in KiB, summed over the process tree.
 peak_rss_kib() {
     local total=0 pid kib
@@ -266,18 +285,24 @@ write_proxies() {
 # Starts one proxy pinned to PROXY_CPU; sets PROXY_PID.
 start_proxy() {
     case $1 in
+        sy-*)
+            local bin
+            bin=$(tr ',' '\n' <<<"${VARIANTS:-}" | awk -F= -v l="${1#sy-}" '$1 == l {print $2}')
+            [ -x "$bin" ] || { log "no binary for variant ${1#sy-} in VARIANTS"; exit 2; }
+            start "$1" "${ON_PROXY_CPU[@]}" "$bin" run --config "$TMP/switchyard.yaml" \
+                --workers 1 --log-level warn ;;
         switchyard | switchyard-log)
             rm -f "$TMP/access.log"
-            start "$1" taskset -c "$PROXY_CPU" "$SWITCHYARD" run --config "$TMP/$1.yaml" \
+            start "$1" "${ON_PROXY_CPU[@]}" "$SWITCHYARD" run --config "$TMP/$1.yaml" \
                 --workers 1 --log-level warn ;;
         nginx)
-            start nginx taskset -c "$PROXY_CPU" nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -e stderr ;;
+            start nginx "${ON_PROXY_CPU[@]}" nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -e stderr ;;
         haproxy)
-            start haproxy taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db ;;
+            start haproxy "${ON_PROXY_CPU[@]}" haproxy -f "$TMP/haproxy.cfg" -db ;;
         *) log "unknown proxy $1"; exit 2 ;;
     esac
     PROXY_PID=$STARTED
-    if ! wait_port "$PROXY_PORT" || { [[ $1 != switchyard* ]] && ! wait_port "$PROXY_H2_PORT"; }; then
+    if ! wait_port "$PROXY_PORT" || { [[ $1 != switchyard* && $1 != sy-* ]] && ! wait_port "$PROXY_H2_PORT"; }; then
         cat "$TMP/$1.err" >&2
         exit 1
     fi
@@ -287,7 +312,7 @@ start_proxy() {
 
 # The h2c port of a proxy (switchyard serves both on one port).
 h2_port() {
-    case $1 in switchyard*) echo "$PROXY_PORT" ;; *) echo "$PROXY_H2_PORT" ;; esac
+    case $1 in switchyard* | sy-*) echo "$PROXY_PORT" ;; *) echo "$PROXY_H2_PORT" ;; esac
 }
 
 # wrk latency like 812.00us / 1.23ms / 1.02s -> milliseconds.
@@ -304,17 +329,17 @@ run_load() {
     local url="http://127.0.0.1:$PROXY_PORT/"
     local h2url="http://127.0.0.1:$(h2_port "$proxy")/"
     case $scenario in
-        keepalive) taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${seconds}s" --latency "$url" >"$out" 2>&1 ;;
-        close) taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${seconds}s" --latency -H "Connection: close" "$url" >"$out" 2>&1 ;;
-        64k) taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${seconds}s" --latency "${url}64k" >"$out" 2>&1 ;;
-        c1000) taskset -c "$LOAD_CPU" wrk -t1 -c1000 -d"${seconds}s" --timeout 5s --latency "$url" >"$out" 2>&1 ;;
+        keepalive) "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d"${seconds}s" --latency "$url" >"$out" 2>&1 ;;
+        close) "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d"${seconds}s" --latency -H "Connection: close" "$url" >"$out" 2>&1 ;;
+        64k) "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d"${seconds}s" --latency "${url}64k" >"$out" 2>&1 ;;
+        c1000) "${ON_LOAD_CPU[@]}" wrk -t1 -c1000 -d"${seconds}s" --timeout 5s --latency "$url" >"$out" 2>&1 ;;
         h2c)
             rm -f "$TMP/h2.log"
-            taskset -c "$LOAD_CPU" h2load -t1 -c50 -m10 -D "$seconds" --log-file="$TMP/h2.log" \
+            "${ON_LOAD_CPU[@]}" h2load -t1 -c50 -m10 -D "$seconds" --log-file="$TMP/h2.log" \
                 "$h2url" >"$out" 2>&1 ;;
         rate)
             rm -f "$TMP/h2.log"
-            taskset -c "$LOAD_CPU" h2load --h1 -t1 -c50 --rps=$((RATE / 50)) -D "$seconds" \
+            "${ON_LOAD_CPU[@]}" h2load --h1 -t1 -c50 --rps=$((RATE / 50)) -D "$seconds" \
                 --log-file="$TMP/h2.log" "$url" >"$out" 2>&1 ;;
         *) log "unknown scenario $scenario"; exit 2 ;;
     esac
@@ -366,28 +391,31 @@ report() {
     echo "## Results"
     echo
     echo "Medians over $REPS runs of ${DURATION}s each; proxy pinned to CPU $PROXY_CPU, load and"
-    echo "backends on CPU $LOAD_CPU. CPU s = utime + stime of the proxy's processes during the run."
+    echo "backends on CPU $LOAD_CPU. CPU s = utime + stime of the proxy's processes during the run;"
+    echo "CPU use = that over the run's length (100% = the proxy's CPU was the limit; below it the"
+    echo "load generator and backends on the other CPU were). other CPU s = busy time other processes"
+    echo "took on the proxy's CPU during the run. Errors = non-2xx answers + socket errors."
     for scenario in ${SCENARIOS//,/ }; do
         echo
         echo "### $scenario"
         echo
-        echo "| proxy | req/s | p50 ms | p99 ms | proxy CPU s | CPU use | req per CPU-s | peak RSS MiB | errors |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| proxy | req/s | p50 ms | p99 ms | proxy CPU s | CPU use | req per CPU-s | peak RSS MiB | errors | other CPU s |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for proxy in ${PROXIES//,/ }; do
-            local rps p50 p99 cpu eff rss err
+            local rps p50 p99 cpu eff rss err other
             rps=$(med "$scenario" "$proxy" 4); p50=$(med "$scenario" "$proxy" 5)
             p99=$(med "$scenario" "$proxy" 6); cpu=$(med "$scenario" "$proxy" 7)
             eff=$(med "$scenario" "$proxy" 8); rss=$(med "$scenario" "$proxy" 9)
-            err=$(med "$scenario" "$proxy" 10)
+            err=$(med "$scenario" "$proxy" 10); other=$(med "$scenario" "$proxy" 11)
             awk -v p="$proxy" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$cpu" -v e="$eff" \
-                -v m="$rss" -v x="$err" -v d="$DURATION" 'BEGIN {
-                printf "| %s | %.0f | %.2f | %.2f | %.2f | %.0f%% | %.0f | %.1f | %d |\n",
-                    p, r, a, b, c, 100 * c / d, e, m / 1024, x }'
+                -v m="$rss" -v x="$err" -v d="$DURATION" -v o="$other" 'BEGIN {
+                printf "| %s | %.0f | %.2f | %.2f | %.2f | %.0f%% | %.0f | %.1f | %d | %.2f |\n",
+                    p, r, a, b, c, 100 * c / d, e, m / 1024, x, o }'
         done
         for proxy in ${PROXIES//,/ }; do
-            [[ $proxy == switchyard* ]] || continue
+            [[ $proxy == switchyard* || $proxy == sy-* ]] || continue
             for peer in ${PROXIES//,/ }; do
-                [[ $peer == switchyard* ]] && continue
+                [[ $peer == "$proxy" || $peer == switchyard-log || $peer == sy-* ]] && continue
                 awk -v s="$proxy" -v p="$peer" \
                     -v e1="$(med "$scenario" "$proxy" 8)" -v e2="$(med "$scenario" "$peer" 8)" \
                     -v l1="$(med "$scenario" "$proxy" 6)" -v l2="$(med "$scenario" "$peer" 6)" \
@@ -411,6 +439,10 @@ else
     (cd "$ROOT" && cargo build --release --quiet)
     SWITCHYARD="$ROOT/target/release/switchyard"
 fi
+if [ "$NICE" != 0 ] && [ -w /proc/self/autogroup ]; then
+    AUTOGROUP_NICE=$(awk '{print $NF}' /proc/self/autogroup)
+    echo "$NICE" >/proc/self/autogroup || AUTOGROUP_NICE=""
+fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 TICKS=$(getconf CLK_TCK)
 
@@ -423,28 +455,31 @@ free_port >"$TMP/port"; PROXY_PORT=$(cat "$TMP/port")
 free_port >"$TMP/port"; PROXY_H2_PORT=$(cat "$TMP/port")
 write_backends
 write_proxies
-start backends taskset -c "$LOAD_CPU" nginx -p "$TMP/backend" -c "$TMP/backend.conf" -e stderr
+start backends "${ON_LOAD_CPU[@]}" nginx -p "$TMP/backend" -c "$TMP/backend.conf" -e stderr
 for port in "${BACKEND_PORTS[@]}"; do wait_port "$port"; done
 
-printf 'scenario\tproxy\trep\trps\tp50_ms\tp99_ms\tcpu_s\treq_per_cpu_s\trss_kib\terrors\n' >"$TMP/results.tsv"
+printf 'scenario\tproxy\trep\trps\tp50_ms\tp99_ms\tcpu_s\treq_per_cpu_s\trss_kib\terrors\tother_cpu_s\n' >"$TMP/results.tsv"
 runs=$(( $(tr ',' '\n' <<<"$SCENARIOS" | wc -l) * $(tr ',' '\n' <<<"$PROXIES" | wc -l) * REPS ))
-log "$runs runs of ${DURATION}s (+${WARMUP}s warm-up each); results follow"
+log "$runs runs of ${DURATION}s (+${WARMUP}s warm-up each); load average now $(cut -d" " -f1-3 /proc/loadavg)"
 for scenario in ${SCENARIOS//,/ }; do
     for ((rep = 1; rep <= REPS; rep++)); do
         for proxy in ${PROXIES//,/ }; do
             start_proxy "$proxy"
             run_load "$scenario" "$proxy" "$WARMUP" >/dev/null
             before=$(cpu_ticks "$PROXY_PID")
+            busy_before=$(cpu_busy_ticks "$PROXY_CPU")
             read -r rps p50 p99 errors < <(run_load "$scenario" "$proxy" "$DURATION")
             after=$(cpu_ticks "$PROXY_PID")
+            busy_after=$(cpu_busy_ticks "$PROXY_CPU")
             rss=$(peak_rss_kib "$PROXY_PID")
             stop "$PROXY_PID"
             line=$(awk -v s="$scenario" -v p="$proxy" -v r="$rep" -v q="$rps" -v a="$p50" \
                 -v b="$p99" -v t=$((after - before)) -v hz="$TICKS" -v d="$DURATION" -v m="$rss" \
-                -v e="$errors" 'BEGIN {
+                -v e="$errors" -v busy=$((busy_after - busy_before)) 'BEGIN {
                 cpu = t / hz; eff = (cpu > 0 ? q * d / cpu : 0)
-                printf "%s\t%s\t%d\t%.1f\t%.3f\t%.3f\t%.2f\t%.0f\t%d\t%d\n",
-                    s, p, r, q, a, b, cpu, eff, m, e }')
+                other = (busy - t) / hz; if (other < 0) other = 0
+                printf "%s\t%s\t%d\t%.1f\t%.3f\t%.3f\t%.2f\t%.0f\t%d\t%d\t%.2f\n",
+                    s, p, r, q, a, b, cpu, eff, m, e, other }')
             echo "$line" >>"$TMP/results.tsv"
             log "$(tr '\t' ' ' <<<"$line")"
         done

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Profiles switchyard in compare.sh's `keepalive` scenario (HTTP/1.1 keep-alive, small body,
+# 50 connections, round robin over three NGINX backends, one worker pinned to one CPU).
+#
+# Three bounded passes, each against a fresh proxy, all traffic on 127.0.0.1:
+#   1. perf record (cpu-clock sampling; this VM has no hardware counters) of the proxy for
+#      DURATION seconds: top symbols by self time, and the split between the kernel and
+#      each userspace library.
+#   2. strace -c -f for DURATION seconds under the same load: syscalls per request.
+#   3. allocations per request: libc malloc/calloc/realloc calls counted with perf uprobes
+#      (perf stat), divided by the requests wrk completed.
+#
+# Usage (as root): ./benches/profile.sh
+# Environment: DURATION [10], PROXY_CPU [0], LOAD_CPU [1], NICE [0] (see compare.sh),
+#   CALLGRAPH [0] (1: perf records call chains too; kernel chains are reliable, userspace
+#   ones are not without frame pointers) and writes the callers of the hottest symbols,
+#   TARGET [switchyard] (`nginx`: the same passes on an NGINX proxy, one worker, upstream
+#   keep-alive, as in compare.sh, for a side-by-side reading),
+#   ACCESS_LOG [off] (`file` profiles with the access log written to a file in the temp dir),
+#   SWITCHYARD_BIN (default: build release with debug symbols into target/profiling),
+#   OUT (directory to keep perf.data and the reports; default: a temp dir, removed).
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+NICE=${NICE:-0}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-profile.XXXXXX")
+chmod 755 "$TMP"
+OUT=${OUT:-$TMP}
+mkdir -p "$OUT"
+PIDS=()
+
+log() { printf '[profile] %s\n' "$*" >&2; }
+
+cleanup() {
+    local pid
+    [ -n "${AUTOGROUP_NICE:-}" ] && echo "$AUTOGROUP_NICE" >/proc/self/autogroup 2>/dev/null
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "$OUT" = "$TMP" ]; then rm -rf "$TMP"; else rm -rf "$TMP/backend"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for tool in perf strace wrk nginx taskset; do
+    command -v "$tool" >/dev/null || { log "missing $tool (apt-get install linux-perf strace wrk nginx-light)"; exit 1; }
+done
+
+if [ -n "${SWITCHYARD_BIN:-}" ]; then
+    BIN=$SWITCHYARD_BIN
+else
+    log "building switchyard: release with debug symbols (target/profiling)"
+    (cd "$ROOT" && CARGO_PROFILE_RELEASE_DEBUG=true CARGO_TARGET_DIR="$ROOT/target/profiling" \
+        cargo build --release --quiet)
+    BIN="$ROOT/target/profiling/release/switchyard"
+fi
+if [ "$NICE" != 0 ] && [ -w /proc/self/autogroup ]; then
+    AUTOGROUP_NICE=$(awk '{print $NF}' /proc/self/autogroup)
+    echo "$NICE" >/proc/self/autogroup || AUTOGROUP_NICE=""
+fi
+ON_PROXY_CPU=(nice -n "$NICE" taskset -c "$PROXY_CPU")
+ON_LOAD_CPU=(nice -n "$NICE" taskset -c "$LOAD_CPU")
+
+# Fixed ports below the ephemeral range, checked free.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+BASE=$((12000 + RANDOM % 15000))
+PORTS=($BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 3)))
+for p in "${PORTS[@]}"; do port_free "$p" || { log "port $p is taken; run again"; exit 1; }; done
+wait_port() {
+    local i
+    for ((i = 0; i < 200; i++)); do port_free "$1" || return 0; sleep 0.05; done
+    log "nothing listens on 127.0.0.1:$1"; return 1
+}
+
+mkdir -p "$TMP/backend"
+{
+    echo "worker_processes 1; daemon off; master_process on; pid $TMP/backend/nginx.pid;"
+    echo "error_log stderr error; events { worker_connections 4096; }"
+    echo "http { access_log off; keepalive_requests 1000000;"
+    echo "  client_body_temp_path $TMP/backend/body; proxy_temp_path $TMP/backend/proxy;"
+    for p in "${PORTS[@]:0:3}"; do
+        echo "  server { listen 127.0.0.1:$p; location / { return 200 \"ok $p\n\"; } }"
+    done
+    echo "}"
+} >"$TMP/backend.conf"
+{
+    echo "workers: 1"
+    if [ "${ACCESS_LOG:-off}" = file ]; then echo "access_log: $TMP/access.log"; else echo "access_log: off"; fi
+    echo "listeners: [{ name: bench, bind: \"127.0.0.1:${PORTS[3]}\" }]"
+    echo "routes: [{ name: all, pool: backends }]"
+    echo "pools:"
+    echo "  - name: backends"
+    echo "    upstreams:"
+    for p in "${PORTS[@]:0:3}"; do echo "      - { addr: \"127.0.0.1:$p\" }"; done
+} >"$TMP/proxy.yaml"
+
+"${ON_LOAD_CPU[@]}" nginx -p "$TMP/backend" -c "$TMP/backend.conf" -e stderr 2>"$TMP/backend.err" &
+PIDS+=($!)
+for p in "${PORTS[@]:0:3}"; do wait_port "$p"; done
+
+mkdir -p "$TMP/nginx"
+{
+    echo "worker_processes 1; daemon off; master_process on; pid $TMP/nginx/nginx.pid;"
+    echo "error_log stderr error; events { worker_connections 4096; }"
+    echo "http { access_log off; keepalive_requests 1000000;"
+    echo "  client_body_temp_path $TMP/nginx/body; proxy_temp_path $TMP/nginx/proxy;"
+    echo "  upstream backends { keepalive 256;"
+    for p in "${PORTS[@]:0:3}"; do echo "    server 127.0.0.1:$p;"; done
+    echo "  }"
+    echo "  server { listen 127.0.0.1:${PORTS[3]};"
+    echo "    location / { proxy_pass http://backends; proxy_http_version 1.1;"
+    echo "      proxy_set_header Connection \"\"; proxy_set_header Host \$http_host;"
+    echo "      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
+    echo "}"
+} >"$TMP/nginx.conf"
+
+# Starts the proxy; PROXY is the process to stop, TRACED the one to profile (NGINX's worker).
+start_proxy() {
+    if [ "${TARGET:-switchyard}" = nginx ]; then
+        "${ON_PROXY_CPU[@]}" nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -e stderr 2>"$TMP/proxy.err" &
+    else
+        "${ON_PROXY_CPU[@]}" "$BIN" run --config "$TMP/proxy.yaml" --workers 1 --log-level warn \
+            2>"$TMP/proxy.err" &
+    fi
+    PROXY=$!
+    PIDS+=("$PROXY")
+    wait_port "${PORTS[3]}"
+    TRACED=$PROXY
+    if [ "${TARGET:-switchyard}" = nginx ]; then
+        TRACED=$(awk -v m="$PROXY" '$4 == m {print $1; exit}' /proc/[0-9]*/stat 2>/dev/null)
+    fi
+    "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d1s "http://127.0.0.1:${PORTS[3]}/" >/dev/null
+}
+stop_proxy() {
+    local pid keep=()
+    kill "$PROXY" 2>/dev/null || true
+    wait "$PROXY" 2>/dev/null || true
+    for pid in "${PIDS[@]}"; do [ "$pid" = "$PROXY" ] || keep+=("$pid"); done
+    PIDS=("${keep[@]}")
+}
+# Runs wrk for DURATION seconds; prints the number of requests it completed.
+load() {
+    "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/wrk.out"
+    awk '/requests in/ {print $1}' "$TMP/wrk.out"
+}
+# Runs a profiler attached to the proxy while wrk loads it; prints wrk's request count.
+profiled() {
+    "$@" &
+    local prof=$!
+    PIDS+=("$prof")
+    sleep 0.5 # let the profiler attach before the load starts
+    load
+    kill -INT "$prof" 2>/dev/null || true
+    wait "$prof" 2>/dev/null || true
+    local pid keep=()
+    for pid in "${PIDS[@]}"; do [ "$pid" = "$prof" ] || keep+=("$pid"); done
+    PIDS=("${keep[@]}")
+}
+
+log "1/3 perf record, ${DURATION}s"
+start_proxy
+graph=()
+[ "${CALLGRAPH:-0}" = 1 ] && graph=(-g)
+reqs=$(profiled perf record -q "${graph[@]}" -e cpu-clock -F 1999 -o "$OUT/perf.data" -p "$TRACED")
+stop_proxy
+{
+    echo "# perf: $reqs requests in ${DURATION}s"
+    echo "## by shared object"
+    perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v "^$" | head -15 || true
+    echo "## top symbols (self)"
+    perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -v '^#' | grep -v "^$" | head -60 || true
+} >"$OUT/perf.txt"
+cat "$OUT/perf.txt"
+if [ "${CALLGRAPH:-0}" = 1 ]; then
+    perf report -i "$OUT/perf.data" --no-children --stdio -G --percent-limit 3 2>/dev/null \
+        >"$OUT/perf-callers.txt" || true
+    log "callers of the hottest symbols: $OUT/perf-callers.txt"
+fi
+
+log "2/3 strace -c, ${DURATION}s"
+start_proxy
+reqs=$(profiled strace -c -f -o "$OUT/strace.txt" -p "$TRACED")
+stop_proxy
+echo "# strace: $reqs requests (slowed by strace)"
+awk -v n="$reqs" 'NR <= 2 || /^-/ {print; next}
+    NF >= 5 { calls = ($4 ~ /^[0-9]+$/) ? $4 : 0
+              printf "%s   per request: %.2f\n", $0, (n > 0 ? calls / n : 0); next } {print}' \
+    "$OUT/strace.txt" | head -25 || true
+
+log "3/3 malloc calls per request, ${DURATION}s"
+LIBC=$(ldd "$BIN" | awk '/libc.so/ {print $3}')
+probes=()
+for fn in malloc calloc realloc free; do
+    perf probe -q -x "$LIBC" --add "sy_$fn=$fn" 2>/dev/null || true
+    perf probe -l 2>/dev/null | grep -q "sy_$fn" && probes+=("-e" "probe_libc:sy_$fn")
+done
+if [ ${#probes[@]} -eq 0 ]; then
+    log "uprobes unavailable here: skipping the allocation count"
+else
+    start_proxy
+    reqs=$(profiled perf stat "${probes[@]}" -x, -o "$OUT/allocs.txt" -p "$TRACED")
+    stop_proxy
+    echo "# allocations: $reqs requests"
+    awk -F, -v n="$reqs" '$3 ~ /probe/ {printf "%s: %d calls, %.2f per request\n", $3, $1, $1 / n}' "$OUT/allocs.txt"
+    for fn in malloc calloc realloc free; do perf probe -q --del "probe_libc:sy_$fn" 2>/dev/null || true; done
+fi

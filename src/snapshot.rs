@@ -39,6 +39,15 @@ pub enum BuildError {
     /// The access log file could not be opened.
     #[error("cannot open the access log")]
     AccessLog(#[source] std::io::Error),
+    /// A pool's upstream TLS settings cannot be used (unreadable CA bundle, bad name).
+    #[error("pool {pool:?}: upstream TLS")]
+    UpstreamTls {
+        /// The pool's name.
+        pool: String,
+        /// What is wrong.
+        #[source]
+        source: crate::upstream::TlsError,
+    },
 }
 
 /// One route, resolved against its pool.
@@ -127,7 +136,13 @@ impl Snapshot {
                 }
             }
             pool_index.insert(cfg.name.clone(), pools.len());
-            pools.push(Arc::new(Pool::new(cfg, upstreams, old.map(|p| &**p))));
+            let pool = Pool::new(cfg, upstreams, old.map(|p| &**p)).map_err(|source| {
+                BuildError::UpstreamTls {
+                    pool: cfg.name.clone(),
+                    source,
+                }
+            })?;
+            pools.push(Arc::new(pool));
         }
         let routes: Vec<Route> = config
             .routes

@@ -7,9 +7,11 @@
 //! pick is one `ArcSwap` load plus the strategy's atomic arithmetic. Upstreams are shared by
 //! `Arc` and matched by address when a snapshot is rebuilt, so their state and connections
 //! carry over a config reload. Health checking and discovery feed this module; they live
-//! elsewhere.
+//! elsewhere. How a pool reaches its upstreams (HTTP/1.1 or HTTP/2, plaintext or TLS) is its
+//! [`Connector`], built once with the pool.
 
 pub mod client;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -21,7 +23,8 @@ use arc_swap::ArcSwap;
 use crate::balance::{Balancer, StrategyKind};
 use crate::config::{HashKey, PoolConfig, Protocol};
 
-pub use client::{ClientError, Connection};
+pub use client::{ClientError, Connection, Connector};
+pub use tls::{TlsError, UpstreamTls};
 
 /// Where an upstream came from; shown by the admin API as `source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,8 @@ pub struct Upstream {
     healthy: AtomicBool,
     /// Keep-alive connections to this upstream waiting for reuse (see `client`).
     pub(crate) idle: client::IdleConnections,
+    /// The multiplexed connection shared by requests of an HTTP/2 pool (see `client`).
+    pub(crate) h2: client::SharedH2,
 }
 
 // === impl Upstream ===
@@ -78,6 +83,7 @@ impl Upstream {
             in_flight: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             idle: client::IdleConnections::default(),
+            h2: client::SharedH2::default(),
         }
     }
 
@@ -94,6 +100,11 @@ impl Upstream {
     /// Keep-alive connections to this upstream currently idle in its pool.
     pub fn idle_connections(&self) -> usize {
         self.idle.len()
+    }
+
+    /// Whether this upstream has an open shared HTTP/2 connection.
+    pub fn h2_connected(&self) -> bool {
+        self.h2.is_open()
     }
 
     /// Records a health verdict; returns true when it changed.
@@ -147,6 +158,8 @@ pub struct Pool {
     pub protocol: Protocol,
     /// Deadline for establishing one upstream connection.
     pub connect_timeout: Duration,
+    /// Protocol, TLS and connect deadline for reaching the upstreams.
+    pub connector: Connector,
     upstreams: ArcSwap<Vec<Arc<Upstream>>>,
     candidates: ArcSwap<Candidates>,
     seed: AtomicU64,
@@ -155,8 +168,14 @@ pub struct Pool {
 // === impl Pool ===
 
 impl Pool {
-    /// Builds a pool over `upstreams`, reusing the balancer position of `previous` if given.
-    pub fn new(cfg: &PoolConfig, upstreams: Vec<Arc<Upstream>>, previous: Option<&Pool>) -> Pool {
+    /// Builds a pool over `upstreams`, reusing the balancer position of `previous` if given;
+    /// fails when its upstream TLS settings cannot be used (an unreadable CA bundle).
+    pub fn new(
+        cfg: &PoolConfig,
+        upstreams: Vec<Arc<Upstream>>,
+        previous: Option<&Pool>,
+    ) -> Result<Pool, TlsError> {
+        let tls = UpstreamTls::build(cfg)?;
         let seed = previous.map_or(0x5157_1c4a_9d2e_0b31, |p| p.seed.load(Ordering::Relaxed));
         let candidates = build_candidates(
             cfg.strategy,
@@ -164,16 +183,17 @@ impl Pool {
             seed,
             previous.map(|p| p.candidates.load_full()).as_deref(),
         );
-        Pool {
+        Ok(Pool {
             name: Arc::from(cfg.name.as_str()),
             strategy: cfg.strategy,
             hash_key: cfg.hash_key.clone(),
             protocol: cfg.protocol,
             connect_timeout: cfg.connect_timeout,
+            connector: Connector::new(cfg.protocol, tls, cfg.connect_timeout),
             upstreams: ArcSwap::from_pointee(upstreams),
             candidates: ArcSwap::from_pointee(candidates),
             seed: AtomicU64::new(seed.wrapping_add(1)),
-        }
+        })
     }
 
     /// Every upstream of the pool, healthy or not.

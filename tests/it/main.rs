@@ -10,5 +10,6 @@ mod balancing;
 mod cli;
 mod errors;
 mod forwarding;
+mod grpc;
 mod limits;
 mod routing;

@@ -162,7 +162,15 @@ fn respond(
                 log.entry_mut().upstream = Some(forwarded.in_flight.upstream().id.clone());
             }
             let (mut head, body) = forwarded.response.into_parts();
+            let switched = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
+            let upgrade = switched
+                .then(|| head.headers.get(header::UPGRADE).cloned())
+                .flatten();
             headers::remove_hop_by_hop(&mut head.headers);
+            if let Some(protocol) = upgrade {
+                // The client must see which protocol the tunnel now speaks (see `tunnel`).
+                tunnel::restore_headers(&mut head.headers, protocol);
+            }
             let body = ResponseBody::upstream(body, forwarded.conn, forwarded.in_flight);
             Response::from_parts(head, body)
         }

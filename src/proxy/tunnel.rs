@@ -60,9 +60,15 @@ impl UpgradeRequest {
 
     /// Puts back the headers hop-by-hop removal took that the upgrade needs upstream.
     pub(crate) fn restore_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, self.protocol.clone());
+        restore_headers(headers, self.protocol.clone());
     }
+}
+
+/// `Connection: upgrade` and `Upgrade: protocol`, on a request that asks to upgrade or on
+/// the `101` that accepts.
+pub(crate) fn restore_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
 }
 
 /// Joins the client's and the upstream's upgraded connections until either closes or the

@@ -13,3 +13,4 @@ mod forwarding;
 mod grpc;
 mod limits;
 mod routing;
+mod websocket;

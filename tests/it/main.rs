@@ -13,4 +13,5 @@ mod forwarding;
 mod grpc;
 mod limits;
 mod routing;
+mod upstream_tls;
 mod websocket;

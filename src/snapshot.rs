@@ -40,6 +40,15 @@ pub enum BuildError {
     /// The access log file could not be opened.
     #[error("cannot open the access log")]
     AccessLog(#[source] std::io::Error),
+    /// A pool's upstream TLS settings cannot be used (unreadable CA bundle, bad name).
+    #[error("pool {pool:?}: upstream TLS")]
+    UpstreamTls {
+        /// The pool's name.
+        pool: String,
+        /// What is wrong.
+        #[source]
+        source: crate::upstream::TlsError,
+    },
 }
 
 /// One route, resolved against its pool.
@@ -113,10 +122,15 @@ impl Snapshot {
         let mut pool_index = HashMap::with_capacity(config.pools.len());
         for cfg in &config.pools {
             let old = previous.and_then(|p| p.pool(&cfg.name));
+            // Pooled connections speak the old protocol over the old TLS settings: upstreams
+            // (and their connections) carry over only when those stay the same.
+            let same_transport = previous
+                .and_then(|p| p.config.pools.iter().find(|c| c.name == cfg.name))
+                .is_some_and(|c| c.protocol == cfg.protocol && c.tls == cfg.tls);
             let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
             for up in &cfg.upstreams {
                 for (addr, source) in resolve(&cfg.name, &up.addr)? {
-                    let reused = old.and_then(|p| {
+                    let reused = old.filter(|_| same_transport).and_then(|p| {
                         p.upstreams()
                             .iter()
                             .find(|u| u.addr == addr && u.weight == up.weight && u.source == source)
@@ -128,7 +142,13 @@ impl Snapshot {
                 }
             }
             pool_index.insert(cfg.name.clone(), pools.len());
-            pools.push(Arc::new(Pool::new(cfg, upstreams, old.map(|p| &**p))));
+            let pool = Pool::new(cfg, upstreams, old.map(|p| &**p)).map_err(|source| {
+                BuildError::UpstreamTls {
+                    pool: cfg.name.clone(),
+                    source,
+                }
+            })?;
+            pools.push(Arc::new(pool));
         }
         let routes: Vec<Route> = config
             .routes

@@ -137,6 +137,9 @@ pub struct AdminConfig {
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `route.retries`.
 pub const DEFAULT_RETRIES: u32 = 1;
+/// Default `route.tunnel_idle_timeout`: an upgraded connection (WebSocket) with no bytes
+/// either way for this long is closed (NGINX's `proxy_read_timeout` plays this role there).
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `match.path_prefix`: every path.
 pub const DEFAULT_PATH_PREFIX: &str = "/";
 
@@ -163,6 +166,10 @@ pub struct RouteConfig {
     /// Request body limit in bytes (`413` past it); absent = unlimited.
     #[serde(default, deserialize_with = "units::opt_size")]
     pub max_body: Option<u64>,
+    /// Idle time after which an upgraded tunnel is closed; default
+    /// [`DEFAULT_TUNNEL_IDLE_TIMEOUT`].
+    #[serde(default = "default_tunnel_idle_timeout", with = "duration")]
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// The match part of a route.
@@ -348,6 +355,9 @@ fn default_route_timeout() -> Duration {
 }
 fn default_retries() -> u32 {
     DEFAULT_RETRIES
+}
+fn default_tunnel_idle_timeout() -> Duration {
+    DEFAULT_TUNNEL_IDLE_TIMEOUT
 }
 fn default_path_prefix() -> String {
     DEFAULT_PATH_PREFIX.to_owned()

@@ -234,6 +234,11 @@ impl Checker {
                 self.error(&key_path!["routes", i, "retries"], msg);
             }
             self.positive(&key_path!["routes", i, "timeout"], "timeout", route.timeout);
+            self.positive(
+                &key_path!["routes", i, "tunnel_idle_timeout"],
+                "tunnel_idle_timeout",
+                route.tunnel_idle_timeout,
+            );
             let key = (
                 route.matcher.host.clone(),
                 route.matcher.path_prefix.clone(),

@@ -10,6 +10,7 @@
 mod error;
 pub mod headers;
 mod retry;
+mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 use crate::access_log::{Entry, Pending};
 use crate::balance::{hash_key, StrategyKind};
 use crate::body::{RequestBody, ResponseBody};
-use crate::config::HashKey;
+use crate::config::{HashKey, Protocol};
 use crate::snapshot::{Route, Shared, Snapshot};
 use crate::upstream::health::Reason;
 use crate::upstream::Pool;
@@ -162,7 +163,15 @@ fn respond(
                 log.entry_mut().upstream = Some(forwarded.in_flight.upstream().id.clone());
             }
             let (mut head, body) = forwarded.response.into_parts();
+            let switched = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
+            let upgrade = switched
+                .then(|| head.headers.get(header::UPGRADE).cloned())
+                .flatten();
             headers::remove_hop_by_hop(&mut head.headers);
+            if let Some(protocol) = upgrade {
+                // The client must see which protocol the tunnel now speaks (see `tunnel`).
+                tunnel::restore_headers(&mut head.headers, protocol);
+            }
             let body = ResponseBody::upstream(body, forwarded.conn, forwarded.in_flight);
             Response::from_parts(head, body)
         }
@@ -215,26 +224,52 @@ async fn forward(
     }
     let key = request_hash(pool, &parts, ctx.client.ip());
     let body = RequestBody::new(body, route.max_body);
-    rewrite_request(&mut parts, route, ctx, host)?;
+    let upgrade = tunnel::UpgradeRequest::take(&mut parts, pool.protocol);
+    rewrite_request(&mut parts, route, ctx, host, pool.protocol)?;
+    if let Some(upgrade) = &upgrade {
+        upgrade.restore_headers(&mut parts.headers);
+    }
     let candidates = pool.candidates().upstreams.len();
     let replay = retry::Replay::capture(&parts, &body, route.retries, candidates);
     let req = Request::from_parts(parts, body);
     let mut current = None;
-    match tokio::time::timeout(
+    let mut forwarded = match tokio::time::timeout(
         route.timeout,
         retry::attempts(pool, route.retries, key, req, replay, &mut current),
     )
     .await
     {
-        Ok(result) => result,
+        Ok(result) => result?,
         Err(_) => {
             // The upstream that did not answer in time counts as failing (outlier detection).
             if let Some(upstream) = current {
                 pool.report_outcome(&upstream, Some(Reason::Timeout));
             }
-            Err(ProxyError::Timeout)
+            return Err(ProxyError::Timeout);
+        }
+    };
+    if let Some(upgrade) = upgrade {
+        if forwarded.response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            forwarded.conn.upgraded();
+            let upstream = hyper::upgrade::on(&mut forwarded.response);
+            let idle = tunnel_idle_timeout(snapshot, route);
+            let in_flight = forwarded.in_flight.upstream().start_request();
+            tokio::spawn(tunnel::run(upgrade, upstream, idle, in_flight));
         }
     }
+    Ok(forwarded)
+}
+
+/// The route's `tunnel_idle_timeout`, read from the config only when a tunnel opens.
+fn tunnel_idle_timeout(snapshot: &Snapshot, route: &Route) -> std::time::Duration {
+    snapshot
+        .config
+        .routes
+        .iter()
+        .find(|r| *r.name == *route.name)
+        .map_or(crate::config::DEFAULT_TUNNEL_IDLE_TIMEOUT, |r| {
+            r.tunnel_idle_timeout
+        })
 }
 
 /// Turns the client's request head into the upstream's (SPEC section 4).
@@ -243,8 +278,20 @@ fn rewrite_request(
     route: &Route,
     ctx: &ConnContext,
     host: Option<HeaderValue>,
+    protocol: Protocol,
 ) -> Result<(), ProxyError> {
+    // `TE: trailers` is the one `TE` HTTP/2 allows, and gRPC servers require it.
+    let te_trailers = protocol == Protocol::H2
+        && parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers::remove_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // With an authority in the target, `host` came from it and replaces any client `Host`
     // (RFC 9112 section 3.2.2); the origin-form URI sent upstream no longer carries it.
     // Otherwise `host` is the client's own `Host`, which stays as it is (SPEC section 4).
@@ -256,6 +303,7 @@ fn rewrite_request(
     if strip.is_some() || parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         parts.uri = upstream_uri(&parts.uri, strip.unwrap_or(0))?;
     }
+    // The connection sets HTTP/2 itself for `protocol: h2` pools.
     parts.version = Version::HTTP_11;
     Ok(())
 }

@@ -194,7 +194,7 @@ async fn exchange(
     pool: &Pool,
     req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Connection), Failure> {
-    let mut conn = match Connection::checkout(upstream, pool.connect_timeout).await {
+    let mut conn = match pool.connector.checkout(upstream).await {
         Ok(conn) => conn,
         Err(error) => return Err(Failure::Connect(error, Box::new(req))),
     };
@@ -205,7 +205,7 @@ async fn exchange(
         // was not written, so a fresh connection to the same upstream is not a retry.
         Err(SendError::NotSent(req)) => req,
     };
-    let mut conn = match Connection::open(upstream, pool.connect_timeout).await {
+    let mut conn = match pool.connector.open(upstream).await {
         Ok(conn) => conn,
         Err(error) => return Err(Failure::Connect(error, req)),
     };

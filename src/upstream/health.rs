@@ -71,7 +71,9 @@ impl Reason {
             ClientError::Connect(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 Reason::ConnectRefused
             }
-            ClientError::Connect(_) | ClientError::Handshake(_) => Reason::ConnectError,
+            ClientError::Connect(_) | ClientError::Handshake(_) | ClientError::Tls(_) => {
+                Reason::ConnectError
+            }
             ClientError::Closed => Reason::Reset,
             ClientError::Exchange(e) if e.is_parse() => Reason::BadResponse,
             ClientError::Exchange(_) => Reason::Reset,

@@ -8,10 +8,12 @@
 //! `Arc` and matched by address when a snapshot is rebuilt, so their state and connections
 //! carry over a config reload. A health or ejection transition bumps the pool's
 //! [`health::HealthEpoch`]; [`Pool::candidates`] rebuilds a set built at an older epoch.
-//! Discovery feeds this module; it lives elsewhere.
+//! How a pool reaches its upstreams (HTTP/1.1 or HTTP/2, plaintext or TLS) is its
+//! [`Connector`], built once with the pool. Discovery feeds this module; it lives elsewhere.
 
 pub mod client;
 pub mod health;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -23,7 +25,8 @@ use arc_swap::ArcSwap;
 use crate::balance::{Balancer, StrategyKind};
 use crate::config::{HashKey, HealthCheckConfig, OutlierConfig, PoolConfig, Protocol};
 
-pub use client::{ClientError, Connection};
+pub use client::{ClientError, Connection, Connector};
+pub use tls::{TlsError, UpstreamTls};
 
 /// Where an upstream came from; shown by the admin API as `source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,8 @@ pub struct Upstream {
     pub(crate) health: health::Health,
     /// Keep-alive connections to this upstream waiting for reuse (see `client`).
     pub(crate) idle: client::IdleConnections,
+    /// The multiplexed connection shared by requests of an HTTP/2 pool (see `client`).
+    pub(crate) h2: client::SharedH2,
 }
 
 // === impl Upstream ===
@@ -81,6 +86,7 @@ impl Upstream {
             in_flight: AtomicU32::new(0),
             health: health::Health::default(),
             idle: client::IdleConnections::default(),
+            h2: client::SharedH2::default(),
         }
     }
 
@@ -98,6 +104,11 @@ impl Upstream {
     /// Keep-alive connections to this upstream currently idle in its pool.
     pub fn idle_connections(&self) -> usize {
         self.idle.len()
+    }
+
+    /// Whether this upstream has an open shared HTTP/2 connection.
+    pub fn h2_connected(&self) -> bool {
+        self.h2.is_open()
     }
 
     /// Records an active-check verdict; returns true when it changed (pools then see it).
@@ -153,6 +164,8 @@ pub struct Pool {
     pub protocol: Protocol,
     /// Deadline for establishing one upstream connection.
     pub connect_timeout: Duration,
+    /// Protocol, TLS and connect deadline for reaching the upstreams.
+    pub connector: Connector,
     /// Active health checks; `None` = every upstream counts as checked healthy.
     pub health_check: Option<HealthCheckConfig>,
     /// Passive checks on live traffic; `None` = nothing is counted.
@@ -170,8 +183,14 @@ pub struct Pool {
 // === impl Pool ===
 
 impl Pool {
-    /// Builds a pool over `upstreams`, reusing the balancer position of `previous` if given.
-    pub fn new(cfg: &PoolConfig, upstreams: Vec<Arc<Upstream>>, previous: Option<&Pool>) -> Pool {
+    /// Builds a pool over `upstreams`, reusing the balancer position of `previous` if given;
+    /// fails when its upstream TLS settings cannot be used (an unreadable CA bundle).
+    pub fn new(
+        cfg: &PoolConfig,
+        upstreams: Vec<Arc<Upstream>>,
+        previous: Option<&Pool>,
+    ) -> Result<Pool, TlsError> {
+        let tls = UpstreamTls::build(cfg)?;
         let seed = previous.map_or(0x5157_1c4a_9d2e_0b31, |p| p.seed.load(Ordering::Relaxed));
         let epoch = previous.map_or_else(Default::default, |p| p.epoch.clone());
         for upstream in &upstreams {
@@ -184,12 +203,13 @@ impl Pool {
             previous.map(|p| p.candidates.load_full()).as_deref(),
             epoch.current(),
         );
-        Pool {
+        Ok(Pool {
             name: Arc::from(cfg.name.as_str()),
             strategy: cfg.strategy,
             hash_key: cfg.hash_key.clone(),
             protocol: cfg.protocol,
             connect_timeout: cfg.connect_timeout,
+            connector: Connector::new(cfg.protocol, tls, cfg.connect_timeout),
             health_check: cfg.health_check.clone(),
             outlier: cfg.outlier.clone(),
             upstreams: ArcSwap::from_pointee(upstreams),
@@ -197,7 +217,7 @@ impl Pool {
             seed: AtomicU64::new(seed.wrapping_add(1)),
             epoch,
             rebuilding: Mutex::new(()),
-        }
+        })
     }
 
     /// Every upstream of the pool, healthy or not.

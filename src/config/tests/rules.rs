@@ -316,3 +316,31 @@ fn outlier_rules() {
     let yaml = format!("{BASE}    outlier: {{ consecutive_failures: 0, ejection_time: 0ms }}\n");
     assert_eq!(errors(&yaml).len(), 2);
 }
+
+#[test]
+fn tunnel_idle_timeout_defaults_to_an_hour_and_must_be_positive() {
+    let config = parse_str(BASE).unwrap();
+    assert_eq!(
+        config.routes[0].tunnel_idle_timeout,
+        std::time::Duration::from_secs(3600)
+    );
+    let set = BASE.replace(
+        "    pool: api\n",
+        "    pool: api\n    tunnel_idle_timeout: 90s\n",
+    );
+    let config = parse_str(&set).unwrap();
+    assert_eq!(
+        config.routes[0].tunnel_idle_timeout,
+        std::time::Duration::from_secs(90)
+    );
+    let zero = BASE.replace(
+        "    pool: api\n",
+        "    pool: api\n    tunnel_idle_timeout: 0s\n",
+    );
+    assert_error(
+        &zero,
+        7,
+        26,
+        "tunnel_idle_timeout must be greater than 0, like 1s",
+    );
+}

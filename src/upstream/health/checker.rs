@@ -30,7 +30,7 @@ use crate::body::RequestBody;
 use crate::config::HealthCheckConfig;
 use crate::snapshot::Snapshot;
 use crate::upstream::client::SendError;
-use crate::upstream::{Connection, Upstream};
+use crate::upstream::{Connection, Connector, Pool, Upstream};
 
 /// Most body bytes a probe reads; a longer health answer fails with `body too large`.
 pub const MAX_CHECK_BODY: usize = 64 * 1024;
@@ -91,7 +91,7 @@ impl Checkers {
                         if let Some(old) = old {
                             old.cancel.cancel();
                         }
-                        self.start(&runtime, &pool.name, upstream, hc)
+                        self.start(&runtime, pool, upstream, hc)
                     }
                 };
                 wanted.insert(key, check);
@@ -138,18 +138,19 @@ impl Checkers {
     fn start(
         &self,
         runtime: &tokio::runtime::Handle,
-        pool: &Arc<str>,
+        pool: &Pool,
         upstream: &Arc<Upstream>,
         cfg: &HealthCheckConfig,
     ) -> Check {
         let cancel = self.root.child_token();
         let task = Task {
             upstream: upstream.clone(),
-            pool: pool.clone(),
+            pool: pool.name.clone(),
+            connector: pool.connector.clone(),
             config: cfg.clone(),
             cancel: cancel.clone(),
         };
-        tracing::debug!(pool = %pool, upstream = %upstream.id, "health checks started");
+        tracing::debug!(pool = %pool.name, upstream = %upstream.id, "health checks started");
         runtime.spawn(task.run());
         Check {
             upstream: upstream.clone(),
@@ -169,6 +170,8 @@ impl Drop for Checkers {
 struct Task {
     upstream: Arc<Upstream>,
     pool: Arc<str>,
+    /// The pool's connector: probes speak its protocol, over its TLS.
+    connector: Connector,
     config: HealthCheckConfig,
     cancel: CancellationToken,
 }
@@ -258,7 +261,9 @@ impl Task {
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Connection), Reason> {
         // The probe's own deadline covers the connect as well; no shorter one is needed.
-        let mut c = Connection::open(&self.upstream, self.config.timeout)
+        let mut c = self
+            .connector
+            .open(&self.upstream)
             .await
             .map_err(|e| Reason::from_client_error(&e))?;
         match c.send(req).await {

@@ -12,3 +12,4 @@ mod errors;
 mod forwarding;
 mod limits;
 mod routing;
+mod tls;

@@ -67,7 +67,7 @@ fn bench_pool_pick(c: &mut Criterion) {
                 Arc::new(Upstream::new(addr, 1, Source::Static))
             })
             .collect();
-        let pool = Pool::new(&cfg, upstreams, None);
+        let pool = Pool::new(&cfg, upstreams, None).expect("no TLS");
         group.bench_function(BenchmarkId::new("round_robin", n), |b| {
             b.iter(|| {
                 let candidates = pool.candidates();

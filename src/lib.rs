@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! In the order a request meets them:
-//! - [`listener`]: bind, accept, connection limits, HTTP/1.1 and h2c, graceful drain.
+//! - [`listener`]: bind, accept, connection limits, TLS (SNI, ALPN), HTTP/1.1 and HTTP/2,
+//!   graceful drain.
 //! - [`snapshot`]: the one immutable running config behind an `ArcSwap`, loaded once per request.
 //! - [`router`]: pure host/path lookup to a route.
 //! - [`proxy`]: route -> pick -> forward -> retry -> the proxy's own error answers.
@@ -86,12 +87,6 @@ impl Server {
     pub async fn start(config: Config, drain: Duration) -> Result<Server, StartError> {
         let mut bound = Vec::with_capacity(config.listeners.len());
         for cfg in &config.listeners {
-            if cfg.tls.is_some() {
-                return Err(StartError::Unsupported {
-                    name: cfg.name.clone(),
-                    what: "TLS termination",
-                });
-            }
             let listener = Listener::bind(cfg).map_err(|source| StartError::Bind {
                 name: cfg.name.clone(),
                 addr: cfg.bind,

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::Logger;
 use crate::config::{Config, Limits, ListenerConfig, RouteConfig};
+use crate::listener::tls::{TlsError, TlsSettings};
 use crate::proxy::headers::RequestIds;
 use crate::router::Router;
 use crate::upstream::health::Checkers;
@@ -48,6 +50,17 @@ pub enum BuildError {
         /// What is wrong.
         #[source]
         source: crate::upstream::TlsError,
+    },
+    /// A TLS listener's certificate or key file is unusable.
+    #[error("listener {listener:?}: TLS file {}", path.display())]
+    Tls {
+        /// The listener's name.
+        listener: String,
+        /// The certificate or key file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        reason: TlsError,
     },
 }
 
@@ -80,16 +93,39 @@ pub struct ListenerSettings {
     pub bind: SocketAddr,
     /// Per-connection limits.
     pub limits: Limits,
+    /// TLS termination (certificates chosen by SNI); `None` for plaintext.
+    pub tls: Option<TlsSettings>,
 }
 
 impl ListenerSettings {
     /// The settings of the listener `cfg` describes.
     pub fn build(cfg: &ListenerConfig) -> Result<ListenerSettings, BuildError> {
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(TlsSettings::load)
+            .transpose()
+            .map_err(|(path, reason)| BuildError::Tls {
+                listener: cfg.name.clone(),
+                path,
+                reason,
+            })?;
         Ok(ListenerSettings {
             name: Arc::from(cfg.name.as_str()),
             bind: cfg.bind,
             limits: cfg.limits.clone(),
+            tls,
         })
+    }
+
+    /// Whether both are plaintext, or both terminate TLS with the same certificate and key
+    /// bytes (what a reload compares to tell whether certificates changed).
+    pub fn same_tls(&self, other: &ListenerSettings) -> bool {
+        match (&self.tls, &other.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same_material(b),
+            _ => false,
+        }
     }
 }
 

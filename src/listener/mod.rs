@@ -1,4 +1,5 @@
-//! Traffic listeners: bind, accept, per-connection limits, HTTP/1.1 and h2c, graceful drain.
+//! Traffic listeners: bind, accept, per-connection limits, TLS, HTTP/1.1 and HTTP/2, graceful
+//! drain.
 //!
 //! Each listener runs one accept loop. A semaphore with `max_connections` permits bounds the
 //! open connections: the loop takes a permit *before* accepting, so past the limit new
@@ -8,9 +9,16 @@
 //! served by hyper-util's auto builder (HTTP/1.1 or prior-knowledge HTTP/2 on the same port)
 //! and is told to finish gracefully on shutdown. `activity` enforces the header and idle
 //! timeouts. What a request does is `proxy`'s job.
+//!
+//! On a TLS listener the connection task first runs the handshake (`tls` picks the
+//! certificate), bounded by `header_timeout`, then serves HTTP/2 when ALPN chose `h2` and
+//! HTTP/1.1 otherwise. The activity watcher wraps the TLS stream, so the framing scanner sees
+//! plaintext HTTP, and its clock starts at accept: the handshake and the first request head
+//! together must fit in `header_timeout`.
 
 mod activity;
 mod framing;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::io;
@@ -21,6 +29,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -84,7 +93,7 @@ impl Listener {
         let max = self.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let permits = Arc::new(Semaphore::new(max));
         let mut settings = self.settings(&shared, None);
-        let mut builder = Arc::new(http_builder(&settings.limits));
+        let mut builders = Arc::new(Builders::new(&settings.limits));
         // Fired at the drain deadline: connections still open then are dropped.
         let abort = CancellationToken::new();
         loop {
@@ -110,17 +119,22 @@ impl Listener {
             let current = self.settings(&shared, Some(&settings));
             if !Arc::ptr_eq(&current, &settings) {
                 settings = current;
-                builder = Arc::new(http_builder(&settings.limits));
+                builders = Arc::new(Builders::new(&settings.limits));
             }
-            let ctx = ConnContext::new(shared.clone(), self.name.clone(), client, "http");
-            let builder = builder.clone();
+            let proto = if settings.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let ctx = ConnContext::new(shared.clone(), self.name.clone(), client, proto);
+            let builders = builders.clone();
             let signals = Signals {
                 shutdown: shutdown.clone(),
                 abort: abort.clone(),
             };
             let settings = settings.clone();
             tokio::spawn(async move {
-                serve_connection(stream, ctx, &builder, &settings.limits, signals).await;
+                serve_connection(stream, ctx, &builders, &settings, signals).await;
                 drop(permit);
             });
         }
@@ -157,6 +171,7 @@ impl Listener {
                     .local_addr()
                     .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
                 limits: Limits::default(),
+                tls: None,
             }),
         }
     }
@@ -167,6 +182,26 @@ impl Listener {
 struct Signals {
     shutdown: CancellationToken,
     abort: CancellationToken,
+}
+
+/// A listener's HTTP servers: `any` detects HTTP/1.1 or prior-knowledge HTTP/2 (plaintext);
+/// `http1` and `http2` serve what TLS ALPN negotiated.
+#[derive(Debug)]
+struct Builders {
+    any: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Builders {
+        let any = http_builder(limits);
+        Builders {
+            http1: any.clone().http1_only(),
+            http2: any.clone().http2_only(),
+            any,
+        }
+    }
 }
 
 /// The HTTP server settings of a listener.
@@ -186,20 +221,63 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one client connection until it closes or shutdown asks it to finish.
+/// Serves one client connection until it closes or shutdown asks it to finish; on a TLS
+/// listener, after the handshake.
 async fn serve_connection(
     stream: TcpStream,
     ctx: ConnContext,
-    builder: &auto::Builder<TokioExecutor>,
-    limits: &Limits,
+    builders: &Builders,
+    settings: &ListenerSettings,
     signals: Signals,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "set_nodelay failed");
     }
+    // Created before the handshake: the first head's deadline counts from accept.
+    let activity = Arc::new(Activity::new());
+    let limits = &settings.limits;
+    let Some(tls) = &settings.tls else {
+        return serve_http(stream, ctx, &builders.any, limits, activity, signals).await;
+    };
+    let client = ctx.client;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%client, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%client, "TLS handshake timed out; closing");
+                return;
+            }
+        },
+        // Nothing to finish yet: a connection still in its handshake just closes.
+        () = signals.shutdown.cancelled() => return,
+        () = signals.abort.cancelled() => return,
+    };
+    let builder = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => &builders.http2,
+        _ => &builders.http1,
+    };
+    serve_http(stream, ctx, builder, limits, activity, signals).await;
+}
+
+/// Serves HTTP on an established (plaintext or decrypted) client stream.
+async fn serve_http<S>(
+    stream: S,
+    ctx: ConnContext,
+    builder: &auto::Builder<TokioExecutor>,
+    limits: &Limits,
+    activity: Arc<Activity>,
+    signals: Signals,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let client = ctx.client;
     let ctx = Arc::new(ctx);
-    let activity = Arc::new(Activity::new());
     let requests = activity.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();

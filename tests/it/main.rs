@@ -14,5 +14,6 @@ mod grpc;
 mod health;
 mod limits;
 mod routing;
+mod tls;
 mod upstream_tls;
 mod websocket;

@@ -19,7 +19,7 @@ fn upstream(port: u16) -> Arc<Upstream> {
 fn pool(upstreams: Vec<Arc<Upstream>>, outlier: Option<OutlierConfig>) -> Pool {
     let cfg: PoolConfig = serde_yaml_ng::from_str("name: p").expect("minimal pool");
     let cfg = PoolConfig { outlier, ..cfg };
-    Pool::new(&cfg, upstreams, None)
+    Pool::new(&cfg, upstreams, None).expect("no TLS")
 }
 
 fn outlier(failures: u32, ms: u64) -> Option<OutlierConfig> {
@@ -118,7 +118,7 @@ fn a_successor_pool_shares_the_epoch_and_sees_transitions() {
     let a = upstream(1);
     let old = pool(vec![a.clone()], None);
     let cfg: PoolConfig = serde_yaml_ng::from_str("name: p").expect("minimal pool");
-    let new = Pool::new(&cfg, vec![a.clone()], Some(&old));
+    let new = Pool::new(&cfg, vec![a.clone()], Some(&old)).expect("no TLS");
     a.set_healthy(false);
     assert!(candidate_ports(&old).is_empty());
     assert!(candidate_ports(&new).is_empty());

@@ -6,7 +6,7 @@
 //! pattern). Building a snapshot is all-or-nothing: [`Snapshot::build`] either returns a
 //! complete snapshot or an error, and only then is it stored. Upstreams that exist in the
 //! previous snapshot (same pool, address and weight) are reused, so their health, in-flight
-//! counts and pooled connections carry over. Reload triggers live in `config`; this module
+//! counts and pooled connections carry over. Reload triggers live in `reload`; this module
 //! only builds and swaps.
 
 use std::collections::HashMap;
@@ -80,6 +80,13 @@ impl ListenerSettings {
             bind: cfg.bind,
             limits: cfg.limits.clone(),
         })
+    }
+
+    /// Whether `other` serves with the same material: bind address and limits (and, with
+    /// TLS, certificates). An explicit reload of an unchanged file bumps the generation only
+    /// when some listener's material changed.
+    pub fn same_material(&self, other: &ListenerSettings) -> bool {
+        self.name == other.name && self.bind == other.bind && self.limits == other.limits
     }
 }
 
@@ -228,7 +235,7 @@ impl Shared {
     }
 
     /// Makes `snapshot` the running config.
-    pub fn store(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(snapshot));
+    pub fn store(&self, snapshot: impl Into<Arc<Snapshot>>) {
+        self.current.store(snapshot.into());
     }
 }

@@ -48,7 +48,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// One bound listener. Its connection settings come from the running snapshot at each
-/// accept (see [`ListenerSettings`]); only `max_connections` is fixed when it is bound.
+/// accept (see [`ListenerSettings`]); a changed `max_connections` resizes its semaphore then.
 #[derive(Debug)]
 pub struct Listener {
     name: Arc<str>,
@@ -81,8 +81,11 @@ impl Listener {
     /// Accepts and serves until `shutdown` fires, then waits up to `drain` for open
     /// connections to finish their requests; connections still open after that are closed.
     pub async fn serve(self, shared: Arc<Shared>, shutdown: CancellationToken, drain: Duration) {
-        let max = self.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let mut max = self.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let permits = Arc::new(Semaphore::new(max));
+        // Permits still to be retired after a reload lowered `max_connections`; each one is
+        // paid by forgetting a permit instead of accepting with it.
+        let mut debt = 0usize;
         let mut settings = self.settings(&shared, None);
         let mut builder = Arc::new(http_builder(&settings.limits));
         // Fired at the drain deadline: connections still open then are dropped.
@@ -95,6 +98,11 @@ impl Listener {
                 },
                 () = shutdown.cancelled() => break,
             };
+            if debt > 0 {
+                permit.forget();
+                debt -= 1;
+                continue;
+            }
             let (stream, client) = tokio::select! {
                 accepted = self.socket.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -111,6 +119,12 @@ impl Listener {
             if !Arc::ptr_eq(&current, &settings) {
                 settings = current;
                 builder = Arc::new(http_builder(&settings.limits));
+                let wanted = settings
+                    .limits
+                    .max_connections
+                    .clamp(1, Semaphore::MAX_PERMITS);
+                debt = resize(&permits, max, wanted, debt);
+                max = wanted;
             }
             let ctx = ConnContext::new(shared.clone(), self.name.clone(), client, "http");
             let builder = builder.clone();
@@ -125,7 +139,8 @@ impl Listener {
             });
         }
         drop(self.socket);
-        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        // Permits owed to a lowered limit still exist until paid, so wait for them too.
+        let all = u32::try_from(max + debt).unwrap_or(u32::MAX);
         if tokio::time::timeout(drain, permits.acquire_many(all))
             .await
             .is_err()
@@ -159,6 +174,22 @@ impl Listener {
                 limits: Limits::default(),
             }),
         }
+    }
+}
+
+/// Moves a listener's connection limit from `max` to `wanted` permits, given `debt` permits
+/// already owed to an earlier decrease; returns the new debt. A raise adds permits (first
+/// cancelling debt); a lowering forgets idle permits now and owes the rest, paid as open
+/// connections close. Open connections are never cut to meet a lower limit.
+fn resize(permits: &Semaphore, max: usize, wanted: usize, debt: usize) -> usize {
+    if wanted >= max {
+        let raise = wanted - max;
+        let paid = raise.min(debt);
+        permits.add_permits(raise - paid);
+        debt - paid
+    } else {
+        let cut = max - wanted;
+        debt + cut - permits.forget_permits(cut)
     }
 }
 

@@ -11,4 +11,6 @@ mod cli;
 mod errors;
 mod forwarding;
 mod limits;
+mod reload;
 mod routing;
+mod signals;

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use crate::access_log::Logger;
 use crate::config::{Config, Limits, ListenerConfig, RouteConfig};
@@ -214,6 +216,8 @@ fn resolve(pool: &str, addr: &str) -> Result<Vec<(SocketAddr, Source)>, BuildErr
 #[derive(Debug)]
 pub struct Shared {
     current: ArcSwap<Snapshot>,
+    /// Wakes the tasks waiting in [`Shared::swapped`] after each store.
+    swapped: Notify,
     /// Generator of `X-Request-Id` values.
     pub request_ids: RequestIds,
 }
@@ -225,6 +229,7 @@ impl Shared {
     pub fn new(snapshot: Snapshot) -> Shared {
         Shared {
             current: ArcSwap::from_pointee(snapshot),
+            swapped: Notify::new(),
             request_ids: RequestIds::new(),
         }
     }
@@ -237,5 +242,11 @@ impl Shared {
     /// Makes `snapshot` the running config.
     pub fn store(&self, snapshot: impl Into<Arc<Snapshot>>) {
         self.current.store(snapshot.into());
+        self.swapped.notify_waiters();
+    }
+
+    /// Resolves at the next [`Shared::store`] after this call (even before it is polled).
+    pub fn swapped(&self) -> Notified<'_> {
+        self.swapped.notified()
     }
 }

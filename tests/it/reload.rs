@@ -472,3 +472,53 @@ async fn shutdown_marks_the_proxy_draining_and_refuses_reloads() {
     let err = reloader.reload(Trigger::Admin).await;
     assert!(matches!(err, Err(ReloadError::Draining)), "{err:?}");
 }
+
+/// `routed_to` with `max_connections` on the `test` listener.
+fn with_max_connections(backend: SocketAddr, max: usize) -> String {
+    routed_to(backend, &max.to_string(), "").replace(
+        "    bind: \"127.0.0.1:0\"\n",
+        &format!("    bind: \"127.0.0.1:0\"\n    limits: {{ max_connections: {max} }}\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_resizes_max_connections_without_rebinding() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("max-connections");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, with_max_connections(a.addr, 1)).unwrap();
+    let (server, addr) = start(&path, false).await;
+    let mut first = Client::connect(addr).await;
+    assert_eq!(first.get("x", "/").await.text(), "a");
+    let second = tokio::spawn(async move { support::get(addr, "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "served past max_connections: 1");
+
+    // Raised while the only permit is taken: the waiting client gets in at once.
+    std::fs::write(&path, with_max_connections(a.addr, 2)).unwrap();
+    assert_eq!(server.reloader().reload(Trigger::Admin).await.unwrap(), 2);
+    let reply = tokio::time::timeout(DEADLINE, second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(server.listener_addr("test"), Some(addr));
+
+    // Lowered back to 1 with `first` still open: the next client waits until it closes.
+    std::fs::write(&path, with_max_connections(a.addr, 1)).unwrap();
+    assert_eq!(server.reloader().reload(Trigger::Admin).await.unwrap(), 3);
+    assert_eq!(first.get("x", "/").await.text(), "a");
+    let third = tokio::spawn(async move { support::get(addr, "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "served past the lowered max_connections: 1"
+    );
+    drop(first);
+    let reply = tokio::time::timeout(DEADLINE, third)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    server.shutdown().await;
+}

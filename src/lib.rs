@@ -1,7 +1,8 @@
 //! switchyard: a load-balancing HTTP reverse proxy driven by one YAML file.
 //!
-//! [`Server::start`] takes a validated [`config::Config`], binds every listener and serves
-//! until told to shut down; `main.rs` is only the command line around it.
+//! [`Server::start_with`] takes a validated [`config::Config`] and [`ServerOptions`], binds
+//! every listener and serves, reloading the config file when it changes, until told to shut
+//! down; `main.rs` is only the command line around it.
 //!
 //! # Layout
 //! In the order a request meets them:

@@ -1,7 +1,8 @@
 //! switchyard: a load-balancing HTTP reverse proxy driven by one YAML file.
 //!
-//! [`Server::start`] takes a validated [`config::Config`], binds every listener and serves
-//! until told to shut down; `main.rs` is only the command line around it.
+//! [`Server::start_with`] takes a validated [`config::Config`] and [`ServerOptions`], binds
+//! every listener and serves, reloading the config file when it changes, until told to shut
+//! down; `main.rs` is only the command line around it.
 //!
 //! # Layout
 //! In the order a request meets them:
@@ -15,6 +16,7 @@
 //! - [`body`]: streaming request and response bodies, body limits, end-of-response work.
 //! - [`access_log`]: one JSON line per request, written off the request path.
 //! - [`config`]: the file -> validated `Config` pipeline and `switchyard check`.
+//! - [`reload`]: file watch, SIGHUP and admin reloads through one function; listener lifecycle.
 //! - [`demo`]: the three built-in demo backends of `switchyard demo`.
 
 pub mod access_log;
@@ -24,11 +26,13 @@ pub mod config;
 pub mod demo;
 pub mod listener;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod snapshot;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use config::Config;
-use listener::Listener;
+use reload::{ListenerSet, Reloader};
 use snapshot::{BuildError, Shared, Snapshot};
 
 /// How long shutdown waits for in-flight requests by default (`--drain-timeout`).
@@ -59,23 +63,40 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The listener asks for something this build cannot serve yet.
-    #[error("listener {name:?}: {what} is not supported yet")]
-    Unsupported {
-        /// The listener's name.
-        name: String,
-        /// The unsupported feature.
-        what: &'static str,
-    },
+    /// The config file's directory could not be watched for changes.
+    #[error("cannot watch the config file for changes")]
+    Watch(#[source] notify::Error),
 }
 
-/// A running proxy: its listeners, their tasks and the shared snapshot.
+/// How [`Server::start_with`] runs the proxy.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The file the config came from; `None` (an in-memory config) means reloads fail.
+    pub config_path: Option<PathBuf>,
+    /// How long shutdown waits for in-flight requests (`--drain-timeout`).
+    pub drain: Duration,
+    /// Reload when `config_path` changes on disk.
+    pub watch: bool,
+}
+
+impl Default for ServerOptions {
+    /// No file, [`DEFAULT_DRAIN_TIMEOUT`], no watching.
+    fn default() -> Self {
+        ServerOptions {
+            config_path: None,
+            drain: DEFAULT_DRAIN_TIMEOUT,
+            watch: false,
+        }
+    }
+}
+
+/// A running proxy: its listeners, the shared snapshot, the reloader and the file watcher.
 #[derive(Debug)]
 pub struct Server {
     shared: Arc<Shared>,
+    reloader: Reloader,
     shutdown: CancellationToken,
-    listeners: Vec<(String, SocketAddr)>,
-    tasks: Vec<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
     /// Stops every health-check task when the server is shut down or dropped.
     checks: DropGuard,
 }
@@ -83,55 +104,54 @@ pub struct Server {
 // === impl Server ===
 
 impl Server {
-    /// Builds the snapshot, binds every listener and starts serving; must run inside tokio.
+    /// Starts from an in-memory config (no file: no watching, reloads fail); see
+    /// [`Server::start_with`].
     pub async fn start(config: Config, drain: Duration) -> Result<Server, StartError> {
-        let mut bound = Vec::with_capacity(config.listeners.len());
-        for cfg in &config.listeners {
-            let listener = Listener::bind(cfg).map_err(|source| StartError::Bind {
-                name: cfg.name.clone(),
-                addr: cfg.bind,
-                source,
-            })?;
-            bound.push(listener);
-        }
+        let options = ServerOptions {
+            drain,
+            ..ServerOptions::default()
+        };
+        Server::start_with(config, options).await
+    }
+
+    /// Builds the snapshot, binds every listener, starts serving and, when asked, watching
+    /// the config file; must run inside tokio.
+    pub async fn start_with(config: Config, options: ServerOptions) -> Result<Server, StartError> {
         let snapshot = tokio::task::spawn_blocking(move || Snapshot::build(config, None))
             .await
             .expect("snapshot build does not panic")?;
         let shared = Arc::new(Shared::new(snapshot));
-        shared.checkers.sync(&shared.snapshot());
+        // Checks start in the reloader's `after_swap`, which `start` runs for this snapshot.
         let checks = shared.checkers.drop_guard();
         let shutdown = CancellationToken::new();
-        let mut listeners = Vec::with_capacity(bound.len());
-        let mut tasks = Vec::with_capacity(bound.len());
-        for listener in bound {
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                name: listener.name().to_owned(),
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
-            })?;
-            tracing::info!(listener = listener.name(), %addr, "listening");
-            listeners.push((listener.name().to_owned(), addr));
-            tasks.push(tokio::spawn(listener.serve(
-                shared.clone(),
-                shutdown.clone(),
-                drain,
-            )));
-        }
-        Ok(Server {
+        let listeners = ListenerSet::new(shutdown.clone(), options.drain);
+        let reloader = Reloader::new(shared.clone(), options.config_path.clone(), listeners);
+        let mut server = Server {
             shared,
-            shutdown,
-            listeners,
-            tasks,
+            reloader: reloader.clone(),
+            shutdown: shutdown.clone(),
+            watcher: None,
             checks,
-        })
+        };
+        if let Err(error) = reloader.start() {
+            server.shutdown().await;
+            return Err(error);
+        }
+        if let (true, Some(path)) = (options.watch, &options.config_path) {
+            match reload::watch::spawn(reloader, path, shutdown) {
+                Ok(task) => server.watcher = Some(task),
+                Err(error) => {
+                    server.shutdown().await;
+                    return Err(StartError::Watch(error));
+                }
+            }
+        }
+        Ok(server)
     }
 
     /// The address a listener actually bound, by its configured name.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.reloader.listener_addr(name)
     }
 
     /// The running snapshot and process-wide state.
@@ -139,10 +159,21 @@ impl Server {
         &self.shared
     }
 
+    /// The handle that reloads the config (SIGHUP, `POST /reload`) and reports the outcome.
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
+    }
+
+    /// True once shutdown has started.
+    pub fn is_draining(&self) -> bool {
+        self.reloader.is_draining()
+    }
+
     /// Stops accepting, lets open connections finish (up to the drain deadline) and returns.
     pub async fn shutdown(self) {
+        let tasks = self.reloader.begin_shutdown().await;
         self.shutdown.cancel();
-        for task in self.tasks {
+        for task in self.watcher.into_iter().chain(tasks) {
             if let Err(error) = task.await {
                 tracing::error!(%error, "listener task failed");
             }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use switchyard::config::{self, Config, Workers};
-use switchyard::{demo, Server};
+use switchyard::reload::{Reloader, Trigger};
+use switchyard::{demo, Server, ServerOptions};
 
 /// A load-balancing HTTP reverse proxy driven by one YAML file.
 #[derive(Debug, Parser)]
@@ -54,6 +55,9 @@ struct RunArgs {
     /// How long shutdown waits for in-flight requests, e.g. 30s.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
+    /// Do not reload when the config file changes (SIGHUP still reloads).
+    #[arg(long)]
+    no_watch: bool,
 }
 
 fn main() -> ExitCode {
@@ -123,14 +127,26 @@ fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
                 .context("cannot start the demo backends on 127.0.0.1:9001-9003")?;
             tracing::info!(?addrs, "demo backends up; try: curl http://127.0.0.1:8080/");
         }
-        let server = Server::start(config, args.drain_timeout)
+        // Installed before the listeners open, so a signal is never met by the default action.
+        let mut signals = ShutdownSignals::install();
+        let hup = hangup_signal();
+        let options = ServerOptions {
+            config_path: Some(args.config.config.clone()),
+            drain: args.drain_timeout,
+            watch: !args.no_watch,
+        };
+        let server = Server::start_with(config, options)
             .await
             .map_err(|e| anyhow::anyhow!(switchyard::error_chain(&e)))?;
         tracing::info!(workers, "switchyard running");
-        shutdown_signal().await;
+        if let Some(hup) = hup {
+            tokio::spawn(reload_on_sighup(hup, server.reloader().clone()));
+        }
+        signals.recv().await;
         tracing::info!(drain = ?args.drain_timeout, "shutting down: draining connections");
-        tokio::spawn(async {
-            shutdown_signal().await;
+        // The same signal streams: a second signal sent right after the first is not lost.
+        tokio::spawn(async move {
+            signals.recv().await;
             tracing::warn!("second signal: exiting now");
             std::process::exit(130);
         });
@@ -140,25 +156,79 @@ fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
+
+/// The SIGHUP stream, or `None` (logged) where it cannot be had.
+fn hangup_signal() -> Option<Hangup> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        signal(SignalKind::hangup())
+            .inspect_err(|error| {
+                tracing::error!(%error, "cannot install the SIGHUP handler; reload by file change");
+            })
+            .ok()
     }
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    None
+}
+
+/// Reloads the config on every SIGHUP, through the same function as the file watcher.
+async fn reload_on_sighup(mut hup: Hangup, reloader: Reloader) {
+    #[cfg(unix)]
+    while hup.recv().await.is_some() {
+        // The reloader logs and records the outcome.
+        let _ = reloader.reload(Trigger::Signal).await;
+    }
+    #[cfg(not(unix))]
+    let _ = (&mut hup, reloader);
+}
+
+/// SIGINT and SIGTERM, installed once for the whole life of the process.
+struct ShutdownSignals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignals {
+    fn install() -> ShutdownSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let streams = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => {
+                    tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                    None
+                }
+            };
+            ShutdownSignals { streams }
+        }
+        #[cfg(not(unix))]
+        ShutdownSignals {}
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            let Some((term, int)) = &mut self.streams else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

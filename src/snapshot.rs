@@ -6,7 +6,7 @@
 //! pattern). Building a snapshot is all-or-nothing: [`Snapshot::build`] either returns a
 //! complete snapshot or an error, and only then is it stored. Upstreams that exist in the
 //! previous snapshot (same pool, address and weight) are reused, so their health, in-flight
-//! counts and pooled connections carry over. Reload triggers live in `config`; this module
+//! counts and pooled connections carry over. Reload triggers live in `reload`; this module
 //! only builds and swaps.
 
 use std::collections::HashMap;
@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use crate::access_log::Logger;
 use crate::config::{Config, Limits, ListenerConfig, RouteConfig};
@@ -126,6 +128,16 @@ impl ListenerSettings {
             (Some(a), Some(b)) => a.same_material(b),
             _ => false,
         }
+    }
+
+    /// Whether `other` serves with the same material: bind address, limits and TLS
+    /// certificates. An explicit reload of an unchanged file bumps the generation only
+    /// when some listener's material changed.
+    pub fn same_material(&self, other: &ListenerSettings) -> bool {
+        self.name == other.name
+            && self.bind == other.bind
+            && self.limits == other.limits
+            && self.same_tls(other)
     }
 }
 
@@ -264,6 +276,8 @@ fn resolve(pool: &str, addr: &str) -> Result<Vec<(SocketAddr, Source)>, BuildErr
 #[derive(Debug)]
 pub struct Shared {
     current: ArcSwap<Snapshot>,
+    /// Wakes the tasks waiting in [`Shared::swapped`] after each store.
+    swapped: Notify,
     /// Generator of `X-Request-Id` values.
     pub request_ids: RequestIds,
     /// Active health-check tasks; call `checkers.sync(&snapshot)` after every swap or
@@ -278,6 +292,7 @@ impl Shared {
     pub fn new(snapshot: Snapshot) -> Shared {
         Shared {
             current: ArcSwap::from_pointee(snapshot),
+            swapped: Notify::new(),
             request_ids: RequestIds::new(),
             checkers: Checkers::new(),
         }
@@ -289,7 +304,13 @@ impl Shared {
     }
 
     /// Makes `snapshot` the running config.
-    pub fn store(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(snapshot));
+    pub fn store(&self, snapshot: impl Into<Arc<Snapshot>>) {
+        self.current.store(snapshot.into());
+        self.swapped.notify_waiters();
+    }
+
+    /// Resolves at the next [`Shared::store`] after this call (even before it is polled).
+    pub fn swapped(&self) -> Notified<'_> {
+        self.swapped.notified()
     }
 }

@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, ListenerConfig};
@@ -57,7 +57,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// One bound listener. Its connection settings come from the running snapshot at each
-/// accept (see [`ListenerSettings`]); only `max_connections` is fixed when it is bound.
+/// accept (see [`ListenerSettings`]); a changed `max_connections` resizes its semaphore then.
 #[derive(Debug)]
 pub struct Listener {
     name: Arc<str>,
@@ -90,8 +90,8 @@ impl Listener {
     /// Accepts and serves until `shutdown` fires, then waits up to `drain` for open
     /// connections to finish their requests; connections still open after that are closed.
     pub async fn serve(self, shared: Arc<Shared>, shutdown: CancellationToken, drain: Duration) {
-        let max = self.max_connections.clamp(1, Semaphore::MAX_PERMITS);
-        let permits = Arc::new(Semaphore::new(max));
+        let mut capacity = Capacity::new(self.max_connections);
+        let permits = capacity.permits.clone();
         let mut settings = self.settings(&shared, None);
         let mut builders = Arc::new(Builders::new(&settings.limits));
         // Fired at the drain deadline: connections still open then are dropped.
@@ -102,7 +102,15 @@ impl Listener {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
+                // A reload while every permit is taken: a raised limit applies now.
+                () = shared.swapped() => {
+                    self.refresh(&shared, &mut settings, &mut builders, &mut capacity);
+                    continue;
+                }
                 () = shutdown.cancelled() => break,
+            };
+            let Some(permit) = capacity.pay_debt(permit) else {
+                continue;
             };
             let (stream, client) = tokio::select! {
                 accepted = self.socket.accept() => match accepted {
@@ -114,13 +122,16 @@ impl Listener {
                         continue;
                     }
                 },
+                // A reload while waiting: give the permit back, so that a lowered limit
+                // counts it as free, and take one again under the new limit.
+                () = shared.swapped() => {
+                    self.refresh(&shared, &mut settings, &mut builders, &mut capacity);
+                    drop(permit);
+                    continue;
+                }
                 () = shutdown.cancelled() => break,
             };
-            let current = self.settings(&shared, Some(&settings));
-            if !Arc::ptr_eq(&current, &settings) {
-                settings = current;
-                builders = Arc::new(Builders::new(&settings.limits));
-            }
+            self.refresh(&shared, &mut settings, &mut builders, &mut capacity);
             let proto = if settings.tls.is_some() {
                 "https"
             } else {
@@ -139,7 +150,7 @@ impl Listener {
             });
         }
         drop(self.socket);
-        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        let all = capacity.total();
         if tokio::time::timeout(drain, permits.acquire_many(all))
             .await
             .is_err()
@@ -153,6 +164,22 @@ impl Listener {
 }
 
 impl Listener {
+    /// Follows a reload: new settings, new HTTP builders and a resized connection limit.
+    fn refresh(
+        &self,
+        shared: &Shared,
+        settings: &mut Arc<ListenerSettings>,
+        builders: &mut Arc<Builders>,
+        capacity: &mut Capacity,
+    ) {
+        let current = self.settings(shared, Some(settings));
+        if !Arc::ptr_eq(&current, settings) {
+            *settings = current;
+            *builders = Arc::new(Builders::new(&settings.limits));
+            capacity.resize(settings.limits.max_connections);
+        }
+    }
+
     /// This listener's settings in the running snapshot; `last` when a reload removed it
     /// (it is being closed and keeps serving its open connections as they were).
     fn settings(
@@ -174,6 +201,59 @@ impl Listener {
                 tls: None,
             }),
         }
+    }
+}
+
+/// A listener's connection limit: a semaphore of `max` permits that a reload can resize.
+#[derive(Debug)]
+struct Capacity {
+    permits: Arc<Semaphore>,
+    max: usize,
+    /// Permits still to be retired after a lowered limit; each is paid by forgetting a
+    /// permit the accept loop acquires instead of accepting with it.
+    debt: usize,
+}
+
+impl Capacity {
+    fn new(max: usize) -> Capacity {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Capacity {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            debt: 0,
+        }
+    }
+
+    /// Moves the limit to `wanted`. A raise adds permits (first cancelling debt); a lowering
+    /// forgets idle permits now and owes the rest, paid as open connections close. Open
+    /// connections are never cut to meet a lower limit.
+    fn resize(&mut self, wanted: usize) {
+        let wanted = wanted.clamp(1, Semaphore::MAX_PERMITS);
+        if wanted >= self.max {
+            let raise = wanted - self.max;
+            let paid = raise.min(self.debt);
+            self.permits.add_permits(raise - paid);
+            self.debt -= paid;
+        } else {
+            let cut = self.max - wanted;
+            self.debt += cut - self.permits.forget_permits(cut);
+        }
+        self.max = wanted;
+    }
+
+    /// Keeps `permit` to pay debt (returns `None`) or hands it back for a connection.
+    fn pay_debt(&mut self, permit: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        if self.debt == 0 {
+            return Some(permit);
+        }
+        permit.forget();
+        self.debt -= 1;
+        None
+    }
+
+    /// Every permit that exists: draining is done when all of them are back.
+    fn total(&self) -> u32 {
+        u32::try_from(self.max + self.debt).unwrap_or(u32::MAX)
     }
 }
 

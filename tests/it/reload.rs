@@ -1,0 +1,524 @@
+//! Hot reload in process: file watch (in-place writes and rename-over), explicit reloads,
+//! bad input, carry-over of upstream state, listeners added and removed, reloads under load.
+//! SIGHUP and SIGTERM through the real binary are in `cli.rs`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::reload::{ReloadError, ReloadStatus, Trigger};
+use switchyard::{Server, ServerOptions};
+use tokio::time::Instant;
+
+use crate::support::{self, Backend, Client, DEADLINE};
+
+/// A route change must serve within this long after the write.
+const WITHIN: Duration = Duration::from_secs(2);
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-reload-{}-{name}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `text` to a temp file beside `path` and renames it over `path`, as editors do.
+pub fn write_and_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// One listener `test` on 127.0.0.1:0 plus `extra` listeners, every path to `backend`,
+/// `tag` in the route name so that two configs can differ in nothing else.
+pub fn routed_to(backend: SocketAddr, tag: &str, extra: &str) -> String {
+    format!(
+        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\n{extra}access_log: off\nroutes:\n  - name: r-{tag}\n    match: {{ path_prefix: \"/\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{backend}\" }}\n"
+    )
+}
+
+/// Starts a proxy from the file at `path`, watching it when `watch`.
+async fn start(path: &Path, watch: bool) -> (Server, SocketAddr) {
+    let config = switchyard::config::load(path).unwrap_or_else(|e| panic!("invalid:\n{e}"));
+    let options = ServerOptions {
+        config_path: Some(path.to_owned()),
+        drain: Duration::from_secs(5),
+        watch,
+    };
+    let server = Server::start_with(config, options).await.unwrap();
+    let addr = server.listener_addr("test").unwrap();
+    (server, addr)
+}
+
+/// Polls the reload status until `done` holds; returns it and how long that took.
+async fn wait_status(
+    server: &Server,
+    what: &str,
+    done: impl Fn(&ReloadStatus) -> bool,
+) -> (ReloadStatus, Duration) {
+    let started = Instant::now();
+    loop {
+        let status = server.reloader().status();
+        if done(&status) {
+            return (status, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting for {what}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the running snapshot's generation reaches `generation`; returns how long.
+async fn wait_generation(server: &Server, generation: u64) -> Duration {
+    let started = Instant::now();
+    while server.shared().snapshot().generation < generation {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "generation {generation} never came"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_changed_by_an_in_place_write_serves_within_2s() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("in-place");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, routed_to(a.addr, "1", "")).unwrap();
+    let (server, addr) = start(&path, true).await;
+    assert_eq!(support::get(addr, "/").await.text(), "a");
+
+    std::fs::write(&path, routed_to(b.addr, "2", "")).unwrap();
+    let took = wait_generation(&server, 2).await;
+    assert!(took < WITHIN, "took {took:?}");
+    assert_eq!(support::get(addr, "/").await.text(), "b");
+    let status = server.reloader().status();
+    assert!(status.ok && status.error.is_none(), "{status:?}");
+    assert_eq!((status.generation, status.reloads_ok), (2, 1));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_changed_by_write_temp_and_rename_serves_within_2s() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("rename");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, routed_to(a.addr, "1", "")).unwrap();
+    let (server, addr) = start(&path, true).await;
+
+    write_and_rename(&path, &routed_to(b.addr, "2", ""));
+    let took = wait_generation(&server, 2).await;
+    assert!(took < WITHIN, "took {took:?}");
+    assert_eq!(support::get(addr, "/").await.text(), "b");
+    // The watch survives the rename: the next rename is seen too.
+    write_and_rename(&path, &routed_to(a.addr, "3", ""));
+    wait_generation(&server, 3).await;
+    assert_eq!(support::get(addr, "/").await.text(), "a");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_yaml_keeps_the_old_routing_and_records_a_positioned_error() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("invalid");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, routed_to(a.addr, "1", "")).unwrap();
+    let (server, addr) = start(&path, true).await;
+
+    let broken = routed_to(b.addr, "2", "").replace("    pool: p\n", "    pool: nope\n");
+    std::fs::write(&path, broken).unwrap();
+    let (status, _) = wait_status(&server, "the reload error", |s| s.reloads_error == 1).await;
+    assert!(!status.ok);
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("proxy.yaml:8:11: unknown pool \"nope\""),
+        "{error}"
+    );
+    assert_eq!(server.shared().snapshot().generation, 1);
+    assert_eq!(status.generation, 1);
+    assert_eq!(support::get(addr, "/").await.text(), "a");
+    // An explicit reload reports the same error to its caller (the admin API's 422).
+    let err = server.reloader().reload(Trigger::Admin).await.unwrap_err();
+    assert!(matches!(err, ReloadError::Config(_)), "{err:?}");
+
+    std::fs::write(&path, routed_to(b.addr, "2", "")).unwrap();
+    wait_generation(&server, 2).await;
+    assert_eq!(support::get(addr, "/").await.text(), "b");
+    assert!(server.reloader().status().ok);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_files_keep_the_old_config_with_a_clear_error_and_the_watcher_keeps_working() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("bad-input");
+    let path = dir.join("proxy.yaml");
+    let good = routed_to(a.addr, "1", "");
+    std::fs::write(&path, &good).unwrap();
+    let (server, addr) = start(&path, true).await;
+
+    // Each bad file is told apart by its message, so a late duplicate event cannot pass
+    // for the next case.
+    let truncated = &good[..good.find("addr").unwrap() + 10];
+    let cases: [(&str, &dyn Fn(), &str); 5] = [
+        (
+            "truncated",
+            &|| std::fs::write(&path, truncated).unwrap(),
+            "proxy.yaml:12:21: found unexpected end of stream",
+        ),
+        (
+            "empty",
+            &|| std::fs::write(&path, "").unwrap(),
+            "proxy.yaml:1:1: the file is empty",
+        ),
+        (
+            "binary",
+            &|| std::fs::write(&path, [0x00, 0xff, 0xfe, 0x80, 0x12]).unwrap(),
+            "not UTF-8",
+        ),
+        (
+            "deleted",
+            &|| std::fs::remove_file(&path).unwrap(),
+            "cannot read the config file",
+        ),
+        (
+            "directory",
+            &|| std::fs::create_dir(&path).unwrap(),
+            "Is a directory",
+        ),
+    ];
+    for (case, make, expected) in cases {
+        make();
+        let (status, _) = wait_status(&server, case, |s| {
+            s.error.as_deref().is_some_and(|e| e.contains(expected))
+        })
+        .await;
+        assert!(!status.ok, "{case}: {status:?}");
+        let error = status.error.unwrap();
+        assert!(error.contains("proxy.yaml:"), "{case}: {error}");
+        assert_eq!(server.shared().snapshot().generation, 1, "{case}");
+        assert_eq!(support::get(addr, "/").await.text(), "a", "{case}");
+    }
+    // Recreated as a file again: the watcher still follows it.
+    std::fs::remove_dir(&path).unwrap();
+    std::fs::write(&path, routed_to(b.addr, "2", "")).unwrap();
+    wait_generation(&server, 2).await;
+    assert_eq!(support::get(addr, "/").await.text(), "b");
+    assert!(server.reloader().status().ok);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_file_does_not_bump_the_generation() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("unchanged");
+    let path = dir.join("proxy.yaml");
+    let text = routed_to(a.addr, "1", "");
+    std::fs::write(&path, &text).unwrap();
+    let (server, _) = start(&path, false).await;
+
+    // Same content, different text: the parsed config is what counts.
+    std::fs::write(&path, format!("# a comment\n{text}")).unwrap();
+    assert_eq!(server.reloader().reload(Trigger::Signal).await.unwrap(), 1);
+    assert_eq!(server.reloader().reload(Trigger::Watch).await.unwrap(), 1);
+    let status = server.reloader().status();
+    assert_eq!(
+        (status.ok, status.generation, status.reloads_ok),
+        (true, 1, 2)
+    );
+    // A real change bumps by exactly one.
+    std::fs::write(&path, routed_to(a.addr, "2", "")).unwrap();
+    assert_eq!(server.reloader().reload(Trigger::Admin).await.unwrap(), 2);
+    assert_eq!(server.shared().snapshot().generation, 2);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_proxy_started_without_a_file_refuses_to_reload() {
+    let a = Backend::start("a").await;
+    let proxy = support::Proxy::start(&routed_to(a.addr, "1", "")).await;
+    let err = proxy.server.reloader().reload(Trigger::Admin).await;
+    assert!(matches!(err, Err(ReloadError::NoConfigFile)), "{err:?}");
+    let status = proxy.server.reloader().status();
+    assert_eq!((status.ok, status.reloads_error), (false, 1));
+    proxy.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_upstream_keeps_its_health_and_connections_across_a_reload() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("carry-over");
+    let path = dir.join("proxy.yaml");
+    let pool = |tag: &str| {
+        format!(
+            "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\naccess_log: off\nroutes:\n  - name: r-{tag}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n      - {{ addr: \"{}\" }}\n",
+            a.addr, b.addr
+        )
+    };
+    std::fs::write(&path, pool("1")).unwrap();
+    let (server, addr) = start(&path, false).await;
+    let before = server.shared().snapshot();
+    let p = before.pool("p").unwrap();
+    let ups = p.upstreams();
+    let (up_a, up_b) = (ups[0].clone(), ups[1].clone());
+    // Mark `a` unhealthy, as the health checker would; and leave a pooled connection to `b`.
+    up_a.set_healthy(false);
+    p.refresh();
+    let mut client = Client::connect(addr).await;
+    assert_eq!(client.get("x", "/").await.text(), "b");
+    support::eventually("a pooled connection to b", || up_b.idle_connections() == 1).await;
+
+    std::fs::write(&path, pool("2")).unwrap();
+    assert_eq!(server.reloader().reload(Trigger::Signal).await.unwrap(), 2);
+    let after = server.shared().snapshot();
+    assert_eq!(after.routes[0].name.as_ref(), "r-2");
+    let ups = after.pool("p").unwrap().upstreams();
+    assert!(Arc::ptr_eq(&ups[0], &up_a) && Arc::ptr_eq(&ups[1], &up_b));
+    assert!(!ups[0].is_healthy() && ups[1].is_healthy());
+    for _ in 0..4 {
+        assert_eq!(client.get("x", "/").await.text(), "b");
+    }
+    assert_eq!(a.requests(), 0);
+    // The pooled connection was reused: `b` saw one connection for all five requests.
+    assert_eq!(b.connections(), 1);
+    server.shutdown().await;
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn extra_listener(name: &str, port: u16) -> String {
+    format!("  - name: {name}\n    bind: \"127.0.0.1:{port}\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_added_by_reload_accepts_and_a_removed_one_stops() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("listeners");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, routed_to(a.addr, "1", "")).unwrap();
+    let (server, addr) = start(&path, true).await;
+    assert!(server.listener_addr("extra").is_none());
+
+    std::fs::write(&path, routed_to(a.addr, "2", &extra_listener("extra", 0))).unwrap();
+    wait_generation(&server, 2).await;
+    let extra = server.listener_addr("extra").expect("extra is bound");
+    let mut kept = Client::connect(extra).await;
+    assert_eq!(kept.get("x", "/").await.text(), "a");
+    // The unchanged listener kept its socket and port.
+    assert_eq!(server.listener_addr("test"), Some(addr));
+
+    std::fs::write(&path, routed_to(a.addr, "3", "")).unwrap();
+    wait_generation(&server, 3).await;
+    assert!(server.listener_addr("extra").is_none());
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(extra).await.is_ok() {
+        assert!(Instant::now() < deadline, "{extra} still accepts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(support::get(addr, "/").await.text(), "a");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bind_fails_the_whole_reload_and_closes_what_it_bound() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("bind-fails");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, routed_to(a.addr, "1", "")).unwrap();
+    let (server, addr) = start(&path, false).await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let good = free_port();
+    let listeners = extra_listener("good", good) + &extra_listener("busy", busy);
+    std::fs::write(&path, routed_to(b.addr, "2", &listeners)).unwrap();
+    let err = server.reloader().reload(Trigger::Admin).await.unwrap_err();
+    let message = switchyard::error_chain(&err);
+    assert!(
+        message.contains("listener \"busy\": cannot bind"),
+        "{message}"
+    );
+    assert_eq!(server.shared().snapshot().generation, 1);
+    assert_eq!(support::get(addr, "/").await.text(), "a");
+    assert!(server.listener_addr("good").is_none());
+    let good_addr: SocketAddr = ([127, 0, 0, 1], good).into();
+    assert!(tokio::net::TcpStream::connect(good_addr).await.is_err());
+    assert!(!server.reloader().status().ok);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_keep_alive_load_fail_no_request() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("load");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, routed_to(a.addr, "0", "")).unwrap();
+    let (server, addr) = start(&path, true).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let deadline = Instant::now() + DEADLINE;
+            // Bounded in count and time, whatever happens to the reloads.
+            while !stop.load(Ordering::Relaxed) && ok < 200_000 && Instant::now() < deadline {
+                let reply = client.get("x", "/").await;
+                match (reply.status.as_u16(), reply.text().as_str()) {
+                    (200, "a" | "b") => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for i in 1..=20u64 {
+        let backend = if i % 2 == 1 { b.addr } else { a.addr };
+        let text = routed_to(backend, &i.to_string(), "");
+        if i % 2 == 0 {
+            std::fs::write(&path, text).unwrap();
+        } else {
+            write_and_rename(&path, &text);
+        }
+        wait_generation(&server, i + 1).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut total, mut failures) = (0, Vec::new());
+    for client in clients {
+        let (ok, failed) = client.await.unwrap();
+        total += ok;
+        failures.extend(failed);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(total > 100, "only {total} requests");
+    let status = server.reloader().status();
+    assert_eq!((status.generation, status.reloads_error), (21, 0));
+    assert!(a.requests() > 0 && b.requests() > 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reloads_run_one_at_a_time_and_bump_by_one_each() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("concurrent");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, routed_to(a.addr, "1", "")).unwrap();
+    let (server, _) = start(&path, false).await;
+    std::fs::write(&path, routed_to(a.addr, "2", "")).unwrap();
+    let reloads = (0..4).map(|_| {
+        let reloader = server.reloader().clone();
+        tokio::spawn(async move { reloader.reload(Trigger::Admin).await.unwrap() })
+    });
+    let mut generations = Vec::new();
+    for reload in reloads.collect::<Vec<_>>() {
+        generations.push(reload.await.unwrap());
+    }
+    // One of them applied the change; the others found the same file and kept generation 2.
+    assert!(generations.iter().all(|g| *g == 2), "{generations:?}");
+    assert_eq!(server.reloader().status().reloads_ok, 4);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_marks_the_proxy_draining_and_refuses_reloads() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("draining");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, routed_to(a.addr, "1", "")).unwrap();
+    let (server, _) = start(&path, true).await;
+    let reloader = server.reloader().clone();
+    assert!(!server.is_draining());
+    server.shutdown().await;
+    assert!(reloader.is_draining());
+    let err = reloader.reload(Trigger::Admin).await;
+    assert!(matches!(err, Err(ReloadError::Draining)), "{err:?}");
+}
+
+/// `routed_to` with `max_connections` on the `test` listener.
+fn with_max_connections(backend: SocketAddr, max: usize) -> String {
+    routed_to(backend, &max.to_string(), "").replace(
+        "    bind: \"127.0.0.1:0\"\n",
+        &format!("    bind: \"127.0.0.1:0\"\n    limits: {{ max_connections: {max} }}\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_resizes_max_connections_without_rebinding() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("max-connections");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, with_max_connections(a.addr, 1)).unwrap();
+    let (server, addr) = start(&path, false).await;
+    let mut first = Client::connect(addr).await;
+    assert_eq!(first.get("x", "/").await.text(), "a");
+    let second = tokio::spawn(async move { support::get(addr, "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "served past max_connections: 1");
+
+    // Raised while the only permit is taken: the waiting client gets in at once.
+    std::fs::write(&path, with_max_connections(a.addr, 2)).unwrap();
+    assert_eq!(server.reloader().reload(Trigger::Admin).await.unwrap(), 2);
+    let reply = tokio::time::timeout(DEADLINE, second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(server.listener_addr("test"), Some(addr));
+
+    // Lowered back to 1 with `first` still open: the next client waits until it closes.
+    std::fs::write(&path, with_max_connections(a.addr, 1)).unwrap();
+    assert_eq!(server.reloader().reload(Trigger::Admin).await.unwrap(), 3);
+    assert_eq!(first.get("x", "/").await.text(), "a");
+    let third = tokio::spawn(async move { support::get(addr, "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "served past the lowered max_connections: 1"
+    );
+    drop(first);
+    let reply = tokio::time::timeout(DEADLINE, third)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    server.shutdown().await;
+}

@@ -13,16 +13,22 @@
 //! - [`upstream`]: pools, upstreams and their pooled keep-alive connections.
 //! - [`body`]: streaming request and response bodies, body limits, end-of-response work.
 //! - [`access_log`]: one JSON line per request, written off the request path.
+//! - [`metrics`]: Prometheus names, cached handles, scrape-time state.
+//! - [`registry`]: instances registered at runtime through the admin API.
+//! - [`admin`]: the admin API and dashboard on `admin.bind`, on a thread of its own.
 //! - [`config`]: the file -> validated `Config` pipeline and `switchyard check`.
 //! - [`demo`]: the three built-in demo backends of `switchyard demo`.
 
 pub mod access_log;
+pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
+pub mod registry;
 pub mod router;
 pub mod snapshot;
 pub mod upstream;
@@ -75,6 +81,9 @@ pub struct Server {
     shutdown: CancellationToken,
     listeners: Vec<(String, SocketAddr)>,
     tasks: Vec<JoinHandle<()>>,
+    /// Reload and draining state behind the admin API.
+    control: Arc<admin::StaticControl>,
+    admin: Option<admin::AdminServer>,
 }
 
 // === impl Server ===
@@ -82,6 +91,8 @@ pub struct Server {
 impl Server {
     /// Builds the snapshot, binds every listener and starts serving; must run inside tokio.
     pub async fn start(config: Config, drain: Duration) -> Result<Server, StartError> {
+        // Before any handle is taken: handles taken earlier would record nowhere.
+        metrics::install();
         let mut bound = Vec::with_capacity(config.listeners.len());
         for cfg in &config.listeners {
             if cfg.tls.is_some() {
@@ -97,6 +108,7 @@ impl Server {
             })?;
             bound.push(listener);
         }
+        let admin_config = config.admin.clone();
         let snapshot = tokio::task::spawn_blocking(move || Snapshot::build(config, None))
             .await
             .expect("snapshot build does not panic")?;
@@ -118,12 +130,28 @@ impl Server {
                 drain,
             )));
         }
+        tasks.push(tokio::spawn(registry::run_expiry(
+            shared.clone(),
+            shutdown.clone(),
+        )));
+        let control = Arc::new(admin::StaticControl::new());
+        let admin = match admin_config {
+            Some(cfg) => Some(start_admin(&cfg, &shared, control.clone())?),
+            None => None,
+        };
         Ok(Server {
             shared,
             shutdown,
             listeners,
             tasks,
+            control,
+            admin,
         })
+    }
+
+    /// The address the admin API actually bound, when `admin` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(admin::AdminServer::local_addr)
     }
 
     /// The address a listener actually bound, by its configured name.
@@ -140,14 +168,38 @@ impl Server {
     }
 
     /// Stops accepting, lets open connections finish (up to the drain deadline) and returns.
+    /// `/ready` answers `503` while draining; the admin API stops last.
     pub async fn shutdown(self) {
+        self.control.set_draining();
         self.shutdown.cancel();
         for task in self.tasks {
             if let Err(error) = task.await {
                 tracing::error!(%error, "listener task failed");
             }
         }
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
     }
+}
+
+/// Starts the admin API described by `cfg`.
+fn start_admin(
+    cfg: &config::AdminConfig,
+    shared: &Arc<Shared>,
+    control: Arc<admin::StaticControl>,
+) -> Result<admin::AdminServer, StartError> {
+    let state = admin::AdminState {
+        shared: shared.clone(),
+        control,
+        token: cfg.token.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    admin::AdminServer::start(cfg.bind, state).map_err(|source| StartError::Bind {
+        name: "admin".to_owned(),
+        addr: cfg.bind,
+        source,
+    })
 }
 
 /// An error and all its causes, joined with ": " for one-line logs.

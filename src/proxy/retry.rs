@@ -104,10 +104,17 @@ pub(crate) async fn attempts(
         };
         tried[attempt] = Arc::as_ptr(&upstream) as usize;
         if attempt > 0 {
+            pool.metrics.retry();
             tracing::debug!(pool = %pool.name, upstream = %upstream.id, attempt, "retrying on another upstream");
         }
         let in_flight = upstream.start_request();
-        match exchange(&upstream, pool, request).await {
+        let result = exchange(&upstream, pool, request).await;
+        let status = result
+            .as_ref()
+            .ok()
+            .map(|(response, _)| response.status().as_u16());
+        crate::metrics::record_attempt(&pool.name, &upstream, status);
+        match result {
             Ok((response, conn)) => {
                 let forwarded = Forwarded {
                     response,

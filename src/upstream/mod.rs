@@ -63,6 +63,8 @@ pub struct Upstream {
     healthy: AtomicBool,
     /// Keep-alive connections to this upstream waiting for reuse (see `client`).
     pub(crate) idle: client::IdleConnections,
+    /// Its attempt counters (`switchyard_upstream_requests_total`).
+    pub metrics: crate::metrics::UpstreamMetrics,
 }
 
 // === impl Upstream ===
@@ -78,6 +80,7 @@ impl Upstream {
             in_flight: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             idle: client::IdleConnections::default(),
+            metrics: crate::metrics::UpstreamMetrics::default(),
         }
     }
 
@@ -150,6 +153,8 @@ pub struct Pool {
     upstreams: ArcSwap<Vec<Arc<Upstream>>>,
     candidates: ArcSwap<Candidates>,
     seed: AtomicU64,
+    /// Its series (`switchyard_retries_total`).
+    pub metrics: crate::metrics::PoolMetrics,
 }
 
 // === impl Pool ===
@@ -173,6 +178,7 @@ impl Pool {
             upstreams: ArcSwap::from_pointee(upstreams),
             candidates: ArcSwap::from_pointee(candidates),
             seed: AtomicU64::new(seed.wrapping_add(1)),
+            metrics: crate::metrics::PoolMetrics::new(Arc::from(cfg.name.as_str())),
         }
     }
 

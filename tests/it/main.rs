@@ -6,9 +6,11 @@
 mod support;
 
 mod access_log;
+mod admin;
 mod balancing;
 mod cli;
 mod errors;
 mod forwarding;
 mod limits;
+mod metrics;
 mod routing;

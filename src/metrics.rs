@@ -209,22 +209,24 @@ pub struct CounterCache<K> {
     entries: ArcSwap<Vec<(K, Counter)>>,
 }
 
-impl<K: PartialEq + Clone> CounterCache<K> {
-    /// The counter for `key`, registered with `make` the first time.
-    pub fn get(&self, key: &K, make: impl FnOnce() -> Counter) -> Counter {
-        if let Some((_, counter)) = self.entries.load().iter().find(|(k, _)| k == key) {
-            return counter.clone();
+impl<K: Clone> CounterCache<K> {
+    /// Adds one to the counter whose key `is` accepts, registering `make()` the first time.
+    /// Matching by predicate lets callers compare borrowed parts without building a key.
+    pub fn increment(&self, is: impl Fn(&K) -> bool, make: impl FnOnce() -> (K, Counter)) {
+        if let Some((_, counter)) = self.entries.load().iter().find(|(k, _)| is(k)) {
+            counter.increment(1);
+            return;
         }
-        let counter = make();
+        let (key, counter) = make();
+        counter.increment(1);
         self.entries.rcu(|entries| {
             let mut next = Vec::with_capacity(entries.len() + 1);
             next.extend(entries.iter().cloned());
-            if !next.iter().any(|(k, _)| k == key) {
+            if !next.iter().any(|(k, _)| is(k)) {
                 next.push((key.clone(), counter.clone()));
             }
             next
         });
-        counter
     }
 }
 
@@ -259,15 +261,15 @@ impl RouteMetrics {
 
     /// Counts one answered request and its time to the response head.
     pub fn record(&self, listener: &Arc<str>, status: u16, elapsed: Duration) {
-        let key = (listener.clone(), status);
-        let counter = self.requests.get(&key, || {
-            metrics::counter!(REQUESTS_TOTAL,
+        let is = |(l, code): &(Arc<str>, u16)| *code == status && **l == **listener;
+        self.requests.increment(is, || {
+            let counter = metrics::counter!(REQUESTS_TOTAL,
                 "listener" => listener.to_string(),
                 "route" => self.route.to_string(),
                 "pool" => self.pool.to_string(),
-                "code" => status.to_string())
+                "code" => status.to_string());
+            ((listener.clone(), status), counter)
         });
-        counter.increment(1);
         let duration = self.duration.get_or_init(|| {
             metrics::histogram!(REQUEST_DURATION,
                 "route" => self.route.to_string(),
@@ -304,14 +306,17 @@ impl UpstreamMetrics {
     /// Counts one attempt on `upstream` of `pool`: its status, or `None` without a response.
     pub fn record(&self, pool: &str, upstream: &str, status: Option<u16>) {
         let code = status.unwrap_or(0);
-        let counter = self.attempts.get(&code, || {
-            let code = status.map_or_else(|| CODE_ERROR.to_owned(), |s| s.to_string());
-            metrics::counter!(UPSTREAM_REQUESTS_TOTAL,
-                "pool" => pool.to_owned(),
-                "upstream" => upstream.to_owned(),
-                "code" => code)
-        });
-        counter.increment(1);
+        self.attempts.increment(
+            |k| *k == code,
+            || {
+                let label = status.map_or_else(|| CODE_ERROR.to_owned(), |s| s.to_string());
+                let counter = metrics::counter!(UPSTREAM_REQUESTS_TOTAL,
+                    "pool" => pool.to_owned(),
+                    "upstream" => upstream.to_owned(),
+                    "code" => label);
+                (code, counter)
+            },
+        );
         self.requests.fetch_add(1, Ordering::Relaxed);
         if status.is_none_or(|s| s >= 500) {
             self.errors.fetch_add(1, Ordering::Relaxed);

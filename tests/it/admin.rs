@@ -480,3 +480,39 @@ async fn eventually_ok(admin: SocketAddr) {
         .expect("admin answers after the idle clients left");
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+#[test]
+fn check_and_run_refuse_a_public_admin_bind_without_a_token() {
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let dir = std::env::temp_dir().join(format!("switchyard-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("public-admin.yaml");
+    let yaml = config("admin: { bind: \"0.0.0.0:0\" }\n");
+    std::fs::write(&path, &yaml).unwrap();
+    for command in ["check", "run"] {
+        let out = std::process::Command::new(bin)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("public-admin.yaml:"), "{command}: {stderr}");
+        assert!(
+            stderr.contains("is not loopback; set admin.token"),
+            "{command}: {stderr}"
+        );
+    }
+    let with_token = yaml.replace("0.0.0.0:0\" }", "0.0.0.0:0\", token: \"t\" }");
+    std::fs::write(&path, with_token).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

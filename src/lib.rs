@@ -15,17 +15,23 @@
 //! - [`upstream`]: pools, upstreams and their pooled keep-alive connections.
 //! - [`body`]: streaming request and response bodies, body limits, end-of-response work.
 //! - [`access_log`]: one JSON line per request, written off the request path.
+//! - [`metrics`]: Prometheus names, cached handles, scrape-time state.
+//! - [`registry`]: instances registered at runtime through the admin API.
+//! - [`admin`]: the admin API and dashboard on `admin.bind`, on a thread of its own.
 //! - [`config`]: the file -> validated `Config` pipeline and `switchyard check`.
 //! - [`reload`]: file watch, SIGHUP and admin reloads through one function; listener lifecycle.
 //! - [`demo`]: the three built-in demo backends of `switchyard demo`.
 
 pub mod access_log;
+pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
+pub mod registry;
 pub mod reload;
 pub mod router;
 pub mod snapshot;
@@ -97,8 +103,12 @@ pub struct Server {
     reloader: Reloader,
     shutdown: CancellationToken,
     watcher: Option<JoinHandle<()>>,
+    /// The registry's ttl sweeper.
+    expiry: JoinHandle<()>,
     /// Stops every health-check task when the server is shut down or dropped.
     checks: DropGuard,
+    /// The admin API, when `admin` is configured.
+    admin: Option<admin::AdminServer>,
 }
 
 // === impl Server ===
@@ -117,6 +127,10 @@ impl Server {
     /// Builds the snapshot, binds every listener, starts serving and, when asked, watching
     /// the config file; must run inside tokio.
     pub async fn start_with(config: Config, options: ServerOptions) -> Result<Server, StartError> {
+        // Before any handle is taken: handles taken earlier would record nowhere.
+        metrics::install();
+        // The admin listener is bound once, at start; a reload does not move it.
+        let admin_config = config.admin.clone();
         let snapshot = tokio::task::spawn_blocking(move || Snapshot::build(config, None))
             .await
             .expect("snapshot build does not panic")?;
@@ -126,19 +140,23 @@ impl Server {
         let shutdown = CancellationToken::new();
         let listeners = ListenerSet::new(shutdown.clone(), options.drain);
         let reloader = Reloader::new(shared.clone(), options.config_path.clone(), listeners);
+        let expiry = tokio::spawn(registry::run_expiry(shared.clone(), shutdown.clone()));
+        tokio::spawn(check_registered(Arc::downgrade(&shared), shutdown.clone()));
         let mut server = Server {
             shared,
             reloader: reloader.clone(),
             shutdown: shutdown.clone(),
             watcher: None,
+            expiry,
             checks,
+            admin: None,
         };
         if let Err(error) = reloader.start() {
             server.shutdown().await;
             return Err(error);
         }
         if let (true, Some(path)) = (options.watch, &options.config_path) {
-            match reload::watch::spawn(reloader, path, shutdown) {
+            match reload::watch::spawn(reloader.clone(), path, shutdown) {
                 Ok(task) => server.watcher = Some(task),
                 Err(error) => {
                     server.shutdown().await;
@@ -146,7 +164,22 @@ impl Server {
                 }
             }
         }
+        // Last, so `/ready` never answers before the listeners are bound.
+        if let Some(cfg) = admin_config {
+            match start_admin(&cfg, &server.shared, Arc::new(reloader)) {
+                Ok(admin) => server.admin = Some(admin),
+                Err(error) => {
+                    server.shutdown().await;
+                    return Err(error);
+                }
+            }
+        }
         Ok(server)
+    }
+
+    /// The address the admin API actually bound, when `admin` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(admin::AdminServer::local_addr)
     }
 
     /// The address a listener actually bound, by its configured name.
@@ -170,6 +203,7 @@ impl Server {
     }
 
     /// Stops accepting, lets open connections finish (up to the drain deadline) and returns.
+    /// `/ready` answers `503` while draining; the admin API stops last.
     pub async fn shutdown(self) {
         let tasks = self.reloader.begin_shutdown().await;
         self.shutdown.cancel();
@@ -178,10 +212,53 @@ impl Server {
                 tracing::error!(%error, "listener task failed");
             }
         }
+        if let Err(error) = self.expiry.await {
+            tracing::error!(%error, "registry expiry task failed");
+        }
         // Checks run until the drain ends: requests still in flight use their verdicts.
         drop(self.checks);
         self.shared.checkers.stop();
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
     }
+}
+
+/// Keeps health checks following the registry: instances registered or removed at runtime
+/// (on the admin thread) start or stop being checked here, on the traffic runtime.
+async fn check_registered(shared: std::sync::Weak<Shared>, shutdown: CancellationToken) {
+    let Some(mut changes) = shared.upgrade().map(|s| s.registry.subscribe()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.checkers.sync(&shared.snapshot());
+    }
+}
+
+/// Starts the admin API described by `cfg`.
+fn start_admin(
+    cfg: &config::AdminConfig,
+    shared: &Arc<Shared>,
+    control: Arc<dyn admin::Control>,
+) -> Result<admin::AdminServer, StartError> {
+    let state = admin::AdminState {
+        shared: shared.clone(),
+        control,
+        token: cfg.token.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    admin::AdminServer::start(cfg.bind, state).map_err(|source| StartError::Bind {
+        name: "admin".to_owned(),
+        addr: cfg.bind,
+        source,
+    })
 }
 
 /// An error and all its causes, joined with ": " for one-line logs.

@@ -83,6 +83,8 @@ pub struct Route {
     pub retries: u32,
     /// Request body limit in bytes.
     pub max_body: Option<u64>,
+    /// Its request series (`switchyard_requests_total`, `..._duration_seconds`).
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// A traffic listener's settings as of one snapshot; a connection reads them once, at accept,
@@ -201,7 +203,7 @@ impl Snapshot {
         let routes: Vec<Route> = config
             .routes
             .iter()
-            .map(|r| route(r, &pool_index))
+            .map(|r| route(r, &pool_index, &pools))
             .collect();
         let router = Router::new(
             config
@@ -240,11 +242,17 @@ impl Snapshot {
     }
 }
 
-fn route(r: &RouteConfig, pools: &HashMap<String, usize>) -> Route {
+fn route(r: &RouteConfig, pools: &HashMap<String, usize>, built: &[Arc<Pool>]) -> Route {
+    let name: Arc<str> = Arc::from(r.name.as_str());
+    // Validation guarantees every route names an existing pool.
+    let pool = pools.get(&r.pool).copied().unwrap_or(0);
+    let pool_name = built
+        .get(pool)
+        .map_or_else(|| Arc::from(""), |p| p.name.clone());
     Route {
-        name: Arc::from(r.name.as_str()),
-        // Validation guarantees every route names an existing pool.
-        pool: pools.get(&r.pool).copied().unwrap_or(0),
+        metrics: crate::metrics::RouteMetrics::new(name.clone(), pool_name),
+        name,
+        pool,
         path_prefix: r.matcher.path_prefix.clone().into_boxed_str(),
         strip_prefix: r.strip_prefix,
         timeout: r.timeout,
@@ -283,6 +291,8 @@ pub struct Shared {
     /// Active health-check tasks; call `checkers.sync(&snapshot)` after every swap or
     /// membership change.
     pub checkers: Checkers,
+    /// Instances registered at runtime through the admin API; re-applied on every store.
+    pub registry: crate::registry::Registry,
 }
 
 // === impl Shared ===
@@ -295,6 +305,7 @@ impl Shared {
             swapped: Notify::new(),
             request_ids: RequestIds::new(),
             checkers: Checkers::new(),
+            registry: crate::registry::Registry::new(),
         }
     }
 
@@ -305,7 +316,10 @@ impl Shared {
 
     /// Makes `snapshot` the running config.
     pub fn store(&self, snapshot: impl Into<Arc<Snapshot>>) {
-        self.current.store(snapshot.into());
+        let snapshot = snapshot.into();
+        // Registered instances join the new pools before anyone can see them.
+        self.registry
+            .apply(&snapshot, || self.current.store(snapshot.clone()));
         self.swapped.notify_waiters();
     }
 

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors};
 pub use file::*;
+pub(crate) use units::{format_duration, parse_duration};
 pub use validate::{MAX_RETRIES, MIN_HEADER_BYTES};
 
 use locate::Pos;

@@ -96,6 +96,7 @@ impl Listener {
         let mut builders = Arc::new(Builders::new(&settings.limits));
         // Fired at the drain deadline: connections still open then are dropped.
         let abort = CancellationToken::new();
+        let metrics = crate::metrics::ListenerMetrics::new(&self.name);
         loop {
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => match permit {
@@ -144,9 +145,10 @@ impl Listener {
                 abort: abort.clone(),
             };
             let settings = settings.clone();
+            let active = metrics.accepted();
             tokio::spawn(async move {
                 serve_connection(stream, ctx, &builders, &settings, signals).await;
-                drop(permit);
+                drop((permit, active));
             });
         }
         drop(self.socket);

@@ -99,8 +99,15 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id);
+    let status = response.status().as_u16();
+    crate::metrics::record_request(
+        &ctx.listener,
+        route.map(|r| &r.metrics),
+        status,
+        started.elapsed(),
+    );
     if let Some(log) = log.as_mut() {
-        log.entry_mut().status = response.status().as_u16();
+        log.entry_mut().status = status;
     }
     let (head, body) = response.into_parts();
     Response::from_parts(head, body.with_log(log))

@@ -112,6 +112,7 @@ pub(crate) async fn attempts(
         };
         tried[attempt] = Arc::as_ptr(&upstream) as usize;
         if attempt > 0 {
+            pool.metrics.retry();
             tracing::debug!(pool = %pool.name, upstream = %upstream.id, attempt, "retrying on another upstream");
         }
         let in_flight = upstream.start_request();
@@ -120,6 +121,11 @@ pub(crate) async fn attempts(
         }
         let result = exchange(&upstream, pool, request).await;
         *current = None;
+        let status = result
+            .as_ref()
+            .ok()
+            .map(|(response, _)| response.status().as_u16());
+        crate::metrics::record_attempt(&pool.name, &upstream, status);
         match result {
             Ok((response, conn)) => {
                 let forwarded = Forwarded {

@@ -71,6 +71,8 @@ pub struct Upstream {
     pub(crate) idle: client::IdleConnections,
     /// The multiplexed connection shared by requests of an HTTP/2 pool (see `client`).
     pub(crate) h2: client::SharedH2,
+    /// Its attempt counters (`switchyard_upstream_requests_total`).
+    pub metrics: crate::metrics::UpstreamMetrics,
 }
 
 // === impl Upstream ===
@@ -87,6 +89,7 @@ impl Upstream {
             health: health::Health::default(),
             idle: client::IdleConnections::default(),
             h2: client::SharedH2::default(),
+            metrics: crate::metrics::UpstreamMetrics::default(),
         }
     }
 
@@ -178,6 +181,8 @@ pub struct Pool {
     epoch: Arc<health::HealthEpoch>,
     /// Serialises rebuilds; the request path only `try_lock`s it, so it never waits.
     rebuilding: Mutex<()>,
+    /// Its series (`switchyard_retries_total`).
+    pub metrics: crate::metrics::PoolMetrics,
 }
 
 // === impl Pool ===
@@ -217,6 +222,7 @@ impl Pool {
             seed: AtomicU64::new(seed.wrapping_add(1)),
             epoch,
             rebuilding: Mutex::new(()),
+            metrics: crate::metrics::PoolMetrics::new(Arc::from(cfg.name.as_str())),
         })
     }
 

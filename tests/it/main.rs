@@ -6,6 +6,7 @@
 mod support;
 
 mod access_log;
+mod admin;
 mod balancing;
 mod cli;
 mod errors;
@@ -13,6 +14,7 @@ mod forwarding;
 mod grpc;
 mod health;
 mod limits;
+mod metrics;
 mod reload;
 mod routing;
 mod signals;

@@ -1,0 +1,404 @@
+//! Prometheus metrics (SPEC section 9): names, the recorder, cached handles, scrape-time state.
+//!
+//! Recording goes through the `metrics` crate into `metrics-exporter-prometheus`'s recorder,
+//! installed once per process by [`install`]; `/metrics` is its own text rendering. Two kinds
+//! of series:
+//! - *live* ones, recorded where they happen: requests at response-head time in `proxy`
+//!   ([`RouteMetrics`]), upstream attempts and retries in `proxy::retry` ([`UpstreamMetrics`],
+//!   [`PoolMetrics`]), connections in `listener` ([`ListenerMetrics`]). The request path never
+//!   looks a series up by name: each owner keeps its handles, and series whose label set is
+//!   only known at run time (the status code) sit in a small copy-on-write [`CounterCache`]
+//!   read with one lock-free `ArcSwap` load;
+//! - *state* ones that mirror what the proxy knows (health, in-flight, check counts, config
+//!   generation, reload counts). [`render`] records them into a fresh recorder from the live
+//!   state at scrape time, so an upstream that went away also leaves the scrape.
+//!
+//! Label values are configured names, upstream addresses and status codes, never raw paths or
+//! client addresses, so the number of series stays bounded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge, Histogram, Label};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::snapshot::Snapshot;
+use crate::upstream::Upstream;
+
+/// `switchyard_requests_total{listener,route,pool,code}` counter.
+pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
+/// `switchyard_request_duration_seconds{route,pool}` histogram (time to the response head).
+pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
+/// `switchyard_upstream_requests_total{pool,upstream,code}` counter, one per attempt.
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "switchyard_upstream_requests_total";
+/// `switchyard_upstream_healthy{pool,upstream}` gauge, 1 or 0.
+pub const UPSTREAM_HEALTHY: &str = "switchyard_upstream_healthy";
+/// `switchyard_upstream_in_flight{pool,upstream}` gauge.
+pub const UPSTREAM_IN_FLIGHT: &str = "switchyard_upstream_in_flight";
+/// `switchyard_health_checks_total{pool,upstream,result}` counter, result `ok|fail`.
+pub const HEALTH_CHECKS_TOTAL: &str = "switchyard_health_checks_total";
+/// `switchyard_retries_total{pool}` counter.
+pub const RETRIES_TOTAL: &str = "switchyard_retries_total";
+/// `switchyard_connections_active{listener}` gauge.
+pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
+/// `switchyard_connections_total{listener}` counter.
+pub const CONNECTIONS_TOTAL: &str = "switchyard_connections_total";
+/// `switchyard_config_reloads_total{result}` counter, result `ok|error`.
+pub const CONFIG_RELOADS_TOTAL: &str = "switchyard_config_reloads_total";
+/// `switchyard_config_generation` gauge.
+pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
+
+/// `code` label of an upstream attempt that got no response (connect failure, reset).
+pub const CODE_ERROR: &str = "error";
+
+/// Histogram buckets in seconds: 0.5 ms to 30 s, roughly 1-2.5-5 per decade.
+pub const DURATION_BUCKETS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    20.0, 30.0,
+];
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls are free).
+///
+/// Handles taken before this call go nowhere, so `Server::start` calls it first. If another
+/// recorder is already installed (an embedding program's), ours is not and `/metrics` only
+/// shows the scrape-time state.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)
+                .expect("the bucket list is not empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; live metrics go there");
+                return None;
+            }
+            describe();
+            // Histogram samples queue up until folded into buckets: do that off the request
+            // path, on a small thread of its own, whether or not anyone scrapes.
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("switchyard-metrics".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cannot start the metrics upkeep thread");
+            }
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by route and status code"
+    );
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from the request's arrival to its response head"
+    );
+    metrics::describe_counter!(
+        UPSTREAM_REQUESTS_TOTAL,
+        "Attempts on an upstream, by status code (\"error\": no response)"
+    );
+    metrics::describe_counter!(
+        RETRIES_TOTAL,
+        "Attempts on another upstream after a failure"
+    );
+    metrics::describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections");
+    metrics::describe_counter!(CONNECTIONS_TOTAL, "Accepted client connections");
+}
+
+/// What `/metrics` answers: the live series plus the state mirrored at this moment.
+pub fn render(snapshot: &Snapshot, state: &ScrapeState) -> String {
+    let mut text = install().map(PrometheusHandle::render).unwrap_or_default();
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || record_state(snapshot, state));
+    text.push_str(&handle.render());
+    text
+}
+
+/// Process state that `/metrics` mirrors besides the snapshot's pools.
+#[derive(Debug, Clone, Default)]
+pub struct ScrapeState {
+    /// Successful reloads so far.
+    pub reloads_ok: u64,
+    /// Failed reloads so far.
+    pub reloads_error: u64,
+}
+
+/// Health counters of one upstream, as the health checker reports them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HealthCounts {
+    /// Whether it may take traffic.
+    pub healthy: bool,
+    /// Passed active checks.
+    pub checks_ok: u64,
+    /// Failed active checks.
+    pub checks_failed: u64,
+}
+
+/// The health figures `/metrics` shows for `upstream`: `healthy` is whether it may take
+/// traffic (checks pass and not ejected).
+pub fn health_counts(upstream: &Upstream) -> HealthCounts {
+    let health = upstream.health();
+    HealthCounts {
+        healthy: upstream.is_healthy(),
+        checks_ok: health.checks_ok,
+        checks_failed: health.checks_failed,
+    }
+}
+
+fn record_state(snapshot: &Snapshot, state: &ScrapeState) {
+    metrics::describe_gauge!(
+        CONFIG_GENERATION,
+        "Generation of the running config, 1 at start"
+    );
+    metrics::describe_counter!(CONFIG_RELOADS_TOTAL, "Config reloads, by result");
+    metrics::describe_gauge!(
+        UPSTREAM_HEALTHY,
+        "1 when the upstream may take traffic, else 0"
+    );
+    metrics::describe_gauge!(UPSTREAM_IN_FLIGHT, "Requests in progress on the upstream");
+    metrics::describe_counter!(HEALTH_CHECKS_TOTAL, "Active health checks, by result");
+    metrics::gauge!(CONFIG_GENERATION).set(snapshot.generation as f64);
+    metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").absolute(state.reloads_ok);
+    metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "error").absolute(state.reloads_error);
+    for pool in &snapshot.pools {
+        for upstream in pool.upstreams().iter() {
+            let labels = [
+                Label::new("pool", pool.name.to_string()),
+                Label::new("upstream", upstream.id.to_string()),
+            ];
+            let health = health_counts(upstream);
+            metrics::gauge!(UPSTREAM_HEALTHY, labels.iter()).set(if health.healthy {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!(UPSTREAM_IN_FLIGHT, labels.iter()).set(upstream.in_flight() as f64);
+            for (result, count) in [("ok", health.checks_ok), ("fail", health.checks_failed)] {
+                let labels = vec![
+                    labels[0].clone(),
+                    labels[1].clone(),
+                    Label::new("result", result),
+                ];
+                metrics::counter!(HEALTH_CHECKS_TOTAL, labels).absolute(count);
+            }
+        }
+    }
+}
+
+/// Counters keyed by a small value known only at run time (a status code, a listener).
+///
+/// Reading is one lock-free `ArcSwap` load and a scan of a short list; a key seen for the
+/// first time copies the list (rare: a route sees a handful of codes in its life).
+#[derive(Debug, Default)]
+pub struct CounterCache<K> {
+    entries: ArcSwap<Vec<(K, Counter)>>,
+}
+
+impl<K: Clone> CounterCache<K> {
+    /// Adds one to the counter whose key `is` accepts, registering `make()` the first time.
+    /// Matching by predicate lets callers compare borrowed parts without building a key.
+    pub fn increment(&self, is: impl Fn(&K) -> bool, make: impl FnOnce() -> (K, Counter)) {
+        if let Some((_, counter)) = self.entries.load().iter().find(|(k, _)| is(k)) {
+            counter.increment(1);
+            return;
+        }
+        let (key, counter) = make();
+        counter.increment(1);
+        self.entries.rcu(|entries| {
+            let mut next = Vec::with_capacity(entries.len() + 1);
+            next.extend(entries.iter().cloned());
+            if !next.iter().any(|(k, _)| is(k)) {
+                next.push((key.clone(), counter.clone()));
+            }
+            next
+        });
+    }
+}
+
+/// The request series of one route (or of requests that matched none).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    pool: Arc<str>,
+    duration: OnceLock<Histogram>,
+    /// Keyed by (listener name, status code).
+    requests: CounterCache<(Arc<str>, u16)>,
+}
+
+// === impl RouteMetrics ===
+
+impl RouteMetrics {
+    /// Series labelled `route` and `pool`; registered lazily, at their first request.
+    pub fn new(route: Arc<str>, pool: Arc<str>) -> RouteMetrics {
+        RouteMetrics {
+            route,
+            pool,
+            duration: OnceLock::new(),
+            requests: CounterCache::default(),
+        }
+    }
+
+    /// The series of requests no route matched: `route=""`, `pool=""`.
+    pub fn unmatched() -> &'static RouteMetrics {
+        static UNMATCHED: OnceLock<RouteMetrics> = OnceLock::new();
+        UNMATCHED.get_or_init(|| RouteMetrics::new(Arc::from(""), Arc::from("")))
+    }
+
+    /// Counts one answered request and its time to the response head.
+    pub fn record(&self, listener: &Arc<str>, status: u16, elapsed: Duration) {
+        let is = |(l, code): &(Arc<str>, u16)| *code == status && **l == **listener;
+        self.requests.increment(is, || {
+            let counter = metrics::counter!(REQUESTS_TOTAL,
+                "listener" => listener.to_string(),
+                "route" => self.route.to_string(),
+                "pool" => self.pool.to_string(),
+                "code" => status.to_string());
+            ((listener.clone(), status), counter)
+        });
+        let duration = self.duration.get_or_init(|| {
+            metrics::histogram!(REQUEST_DURATION,
+                "route" => self.route.to_string(),
+                "pool" => self.pool.to_string())
+        });
+        duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// Records one request the proxy answered; `route` is `None` when none matched.
+pub fn record_request(
+    listener: &Arc<str>,
+    route: Option<&RouteMetrics>,
+    status: u16,
+    elapsed: Duration,
+) {
+    route
+        .unwrap_or_else(|| RouteMetrics::unmatched())
+        .record(listener, status, elapsed);
+}
+
+/// The attempt series of one upstream, plus plain totals the admin API shows.
+#[derive(Debug, Default)]
+pub struct UpstreamMetrics {
+    /// Keyed by status code; 0 stands for "no response" (`code="error"`).
+    attempts: CounterCache<u16>,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+// === impl UpstreamMetrics ===
+
+impl UpstreamMetrics {
+    /// Counts one attempt on `upstream` of `pool`: its status, or `None` without a response.
+    pub fn record(&self, pool: &str, upstream: &str, status: Option<u16>) {
+        let code = status.unwrap_or(0);
+        self.attempts.increment(
+            |k| *k == code,
+            || {
+                let label = status.map_or_else(|| CODE_ERROR.to_owned(), |s| s.to_string());
+                let counter = metrics::counter!(UPSTREAM_REQUESTS_TOTAL,
+                    "pool" => pool.to_owned(),
+                    "upstream" => upstream.to_owned(),
+                    "code" => label);
+                (code, counter)
+            },
+        );
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status.is_none_or(|s| s >= 500) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Attempts on this upstream so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Attempts that got no response or a 5xx.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Records one attempt on `upstream`; `status` is `None` when no response came.
+pub fn record_attempt(pool: &str, upstream: &Upstream, status: Option<u16>) {
+    upstream.metrics.record(pool, &upstream.id, status);
+}
+
+/// The series of one pool.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    name: Arc<str>,
+    retries: OnceLock<Counter>,
+}
+
+// === impl PoolMetrics ===
+
+impl PoolMetrics {
+    /// Series labelled `pool`, registered at their first use.
+    pub fn new(name: Arc<str>) -> PoolMetrics {
+        PoolMetrics {
+            name,
+            retries: OnceLock::new(),
+        }
+    }
+
+    /// Counts one retry on another upstream.
+    pub fn retry(&self) {
+        self.retries
+            .get_or_init(|| metrics::counter!(RETRIES_TOTAL, "pool" => self.name.to_string()))
+            .increment(1);
+    }
+}
+
+/// The connection series of one listener.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    active: Gauge,
+    total: Counter,
+}
+
+// === impl ListenerMetrics ===
+
+impl ListenerMetrics {
+    /// Handles for the listener named `name`.
+    pub fn new(name: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            active: metrics::gauge!(CONNECTIONS_ACTIVE, "listener" => name.to_owned()),
+            total: metrics::counter!(CONNECTIONS_TOTAL, "listener" => name.to_owned()),
+        }
+    }
+
+    /// Counts an accepted connection; it stays active until the guard is dropped.
+    pub fn accepted(&self) -> ActiveConnection {
+        self.total.increment(1);
+        self.active.increment(1.0);
+        ActiveConnection(self.active.clone())
+    }
+}
+
+/// Keeps one connection counted in `switchyard_connections_active`.
+#[derive(Debug)]
+pub struct ActiveConnection(Gauge);
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}

@@ -202,7 +202,10 @@ impl Checker {
 
     fn routes(&mut self, config: &mut Config) {
         self.unique_names("routes", "route", config.routes.iter().map(|r| &r.name));
-        let pools: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+        let mut pools: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+        // A duplicated pool name is its own error; list each defined name once here.
+        let mut seen = std::collections::HashSet::new();
+        pools.retain(|name| seen.insert(*name));
         let mut patterns: HashMap<(Option<String>, String), &str> = HashMap::new();
         for (i, route) in config.routes.iter_mut().enumerate() {
             if !pools.contains(&route.pool.as_str()) {

@@ -251,7 +251,6 @@ fn start_admin(
     let state = admin::AdminState {
         shared: shared.clone(),
         control,
-        token: cfg.token.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
     admin::AdminServer::start(cfg.bind, state).map_err(|source| StartError::Bind {

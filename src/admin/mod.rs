@@ -62,17 +62,13 @@ pub struct AdminState {
     pub shared: Arc<Shared>,
     /// Reload and lifecycle.
     pub control: Arc<dyn Control>,
-    /// Bearer token for mutating endpoints.
-    pub token: Option<String>,
     /// The main runtime, where reloads run.
     pub runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for AdminState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminState")
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .finish_non_exhaustive()
+        f.debug_struct("AdminState").finish_non_exhaustive()
     }
 }
 
@@ -178,12 +174,15 @@ type Answer = Response<Full<Bytes>>;
 pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Answer {
     let method = req.method().clone();
     let mutating = matches!(method, Method::PUT | Method::DELETE | Method::POST);
-    if mutating
-        && !authorized(
-            state.token.as_deref(),
-            req.headers().get(header::AUTHORIZATION),
-        )
-    {
+    // The token is read from the running config, so a reload that sets or changes
+    // `admin.token` takes effect at once.
+    let snapshot = state.shared.snapshot();
+    let token = snapshot
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_deref());
+    if mutating && !authorized(token, req.headers().get(header::AUTHORIZATION)) {
         let mut answer = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         answer
             .headers_mut()

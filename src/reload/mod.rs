@@ -83,6 +83,9 @@ pub enum ReloadError {
     /// A listener the new config adds could not be bound or is not supported.
     #[error(transparent)]
     Listener(#[from] StartError),
+    /// The file adds, removes or moves the admin API, which is bound once, at start.
+    #[error("admin.bind cannot change on reload (the admin API is bound once, at start); restart switchyard to apply it")]
+    AdminBind,
     /// The runtime shut down while the reload was reading or building.
     #[error("the reload was interrupted by the runtime shutting down")]
     Interrupted,
@@ -218,6 +221,10 @@ impl Reloader {
         let path = self.inner.path.clone().ok_or(ReloadError::NoConfigFile)?;
         let current = self.inner.shared.snapshot();
         let config = blocking(move || config::load(&path)).await?;
+        let admin_bind = |c: &config::Config| c.admin.as_ref().map(|a| a.bind);
+        if admin_bind(&config) != admin_bind(&current.config) {
+            return Err(ReloadError::AdminBind);
+        }
         let same_config = config == *current.config;
         if same_config && !trigger.is_explicit() {
             tracing::debug!(generation = current.generation, "config file unchanged");

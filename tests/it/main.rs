@@ -7,6 +7,7 @@ mod support;
 
 mod access_log;
 mod admin;
+mod admin_reload;
 mod balancing;
 mod cli;
 mod errors;

@@ -573,10 +573,8 @@ async fn post_reload_refuses_a_bad_file_with_its_position_and_applies_a_good_one
     let path = dir.join("proxy.yaml");
     let (listener, token) = ("l-admin-reload", Some("s3cret"));
     let file = |route: &str, pool: &str, to: SocketAddr| {
-        with_admin(listener, token, &route_to(route, "p", &[to])).replace(
-            &format!("    pool: p\npools"),
-            &format!("    pool: {pool}\npools"),
-        )
+        with_admin(listener, token, &route_to(route, "p", &[to]))
+            .replace("    pool: p\npools", &format!("    pool: {pool}\npools"))
     };
     std::fs::write(&path, file("ar-1", "p", a.addr)).unwrap();
     let (server, addr, admin) = start_file(&path, listener).await;

@@ -404,10 +404,23 @@ async fn mutating_endpoints_need_the_bearer_token() {
     assert_eq!(reload.status, StatusCode::UNPROCESSABLE_ENTITY);
     let delete = call(admin, Method::DELETE, path, "", Some("s3cret")).await;
     assert_eq!(delete.status, StatusCode::NO_CONTENT);
-    // Reading needs no token.
-    for path in ["/pools", "/config", "/metrics", "/healthz", "/ready", "/"] {
-        assert_eq!(get(admin, path).await.status, StatusCode::OK, "{path}");
+    // Reading needs no token, and nothing that can be read without one shows it.
+    for path in [
+        "/pools",
+        "/config",
+        "/metrics",
+        "/healthz",
+        "/ready",
+        "/",
+        "/registry",
+    ] {
+        let reply = get(admin, path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert!(!reply.text().contains("s3cret"), "{path} shows the token");
     }
+    let config = get_json(admin, "/config").await;
+    assert_eq!(config["config"]["admin"]["token"], "<redacted>");
+    assert_eq!(config["config"]["pools"][0]["name"], "auth");
 }
 
 #[tokio::test]

@@ -689,3 +689,32 @@ async fn an_unhealthy_upstream_stays_unhealthy_across_a_file_reload() {
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_with_a_stale_snapshot_does_not_undo_a_reloads_checks() {
+    let (a, b, c) = (
+        HealthBackend::start("a").await,
+        HealthBackend::start("b").await,
+        HealthBackend::start("c").await,
+    );
+    let hc = checks(50, 100, 1, 1);
+    let proxy = proxy(&[&a, &b], "", &hc).await;
+    let shared = proxy.server.shared();
+    let old = shared.snapshot();
+    eventually("a checked", || a.checks() >= 1).await;
+
+    // A reload drops `a` and adds `c`; then a sync that loaded its snapshot before the swap
+    // (as the registry's follower can) gets the lock last.
+    let yaml = config(&pool_yaml(&[&b, &c], "", &hc));
+    let cfg = switchyard::config::parse(std::path::Path::new("test.yaml"), &yaml).unwrap();
+    shared.store(Snapshot::build(cfg, Some(&old)).unwrap());
+    shared.checkers.sync(&shared.snapshot());
+    shared.checkers.sync(&old);
+
+    let (a_checks, c_checks) = (a.checks(), c.checks());
+    eventually("several checks of c", || c.checks() >= c_checks + 3).await;
+    assert!(
+        a.checks() <= a_checks + 1,
+        "a removed upstream is checked again"
+    );
+}

@@ -731,3 +731,54 @@ async fn registry_entries_survive_a_file_reload_and_go_with_their_pool() {
     assert_eq!(upstreams(admin, "keep").await.len(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_instance_the_file_then_lists_is_kept_once() {
+    use crate::admin::{call, get_json, upstreams};
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("registry-static");
+    let path = dir.join("proxy.yaml");
+    let listener = "l-registry-static";
+    std::fs::write(
+        &path,
+        with_admin(listener, None, &route_to("rs-1", "p", &[a.addr])),
+    )
+    .unwrap();
+    let (server, addr, admin) = start_file(&path, listener).await;
+    let put = call(
+        admin,
+        http::Method::PUT,
+        &format!("/registry/p/{}", b.addr),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(put.status, http::StatusCode::CREATED);
+
+    let both = route_to("rs-2", "p", &[a.addr, b.addr]);
+    std::fs::write(&path, with_admin(listener, None, &both)).unwrap();
+    assert_eq!(post_reload(admin, None).await.status, http::StatusCode::OK);
+    let ups = upstreams(admin, "p").await;
+    let sources: Vec<_> = ups
+        .iter()
+        .map(|u| (u["addr"].clone(), u["source"].clone()))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            (a.addr.to_string().into(), "static".into()),
+            (b.addr.to_string().into(), "static".into())
+        ]
+    );
+    assert_eq!(
+        get_json(admin, "/registry").await["instances"],
+        serde_json::json!([])
+    );
+    let mut client = Client::connect(addr).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(client.get("x", "/").await.text());
+    }
+    assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2, "{seen:?}");
+    server.shutdown().await;
+}

@@ -6,8 +6,9 @@
 //! (`Pool::set_upstreams` with the pool's own upstreams followed by its registered ones), so
 //! the balancer sees it on the next request, without a reload. A new snapshot (a reload) gets
 //! the entries of pools that still exist re-applied by `Shared::store` through [`Registry::apply`];
-//! entries of a pool that is gone are dropped. The same `Arc<Upstream>` is kept across
-//! reloads, so its health, in-flight count and connections carry over.
+//! entries of a pool that is gone are dropped, and so are those the file now lists itself.
+//! The same `Arc<Upstream>` is kept across reloads, so its health, in-flight count and
+//! connections carry over.
 //!
 //! Choices where the SPEC is silent:
 //! - default `ttl` [`DEFAULT_TTL`], at most [`MAX_TTL`]; a renewal may change weight and ttl
@@ -227,16 +228,25 @@ impl Registry {
     }
 
     /// Adds the entries to the pools of a new snapshot, then runs `store`; drops the entries
-    /// of pools it no longer has. Called by `Shared::store`, so it is atomic with the swap.
+    /// of pools it no longer has, and those whose address the pool now lists itself. Called by `Shared::store`, so it is atomic with the swap.
     pub fn apply(&self, snapshot: &Snapshot, store: impl FnOnce()) {
         let mut entries = self.lock();
         let before = entries.len();
         entries.retain(|(pool, addr), _| {
-            let keep = snapshot.pool(pool).is_some();
-            if !keep {
+            let Some(target) = snapshot.pool(pool) else {
                 tracing::info!(pool, %addr, "pool removed: registered instance dropped");
+                return false;
+            };
+            // The file now lists it (as `put` refuses): the file owns it, and keeping the
+            // registered copy too would send it twice its share.
+            let listed = target
+                .upstreams()
+                .iter()
+                .any(|u| u.addr == *addr && u.source != Source::Registry);
+            if listed {
+                tracing::info!(pool, %addr, "now listed in the config file: registered instance dropped");
             }
-            keep
+            !listed
         });
         let mut pools: Vec<&str> = entries.keys().map(|(p, _)| p.as_str()).collect();
         pools.dedup();

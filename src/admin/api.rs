@@ -119,8 +119,22 @@ pub struct ConfigView<'a> {
     pub generation: u64,
     /// The last reload's outcome.
     pub last_reload: ReloadView,
-    /// The running config.
+    /// The running config, with `admin.token` redacted.
+    #[serde(serialize_with = "redacted")]
     pub config: &'a Config,
+}
+
+/// What `/config` shows instead of a configured `admin.token`.
+pub const REDACTED: &str = "<redacted>";
+
+/// Serializes `config` with its admin token replaced by [`REDACTED`]: `GET /config` needs no
+/// token, so showing it would hand it to anyone who can reach the admin port.
+fn redacted<S: serde::Serializer>(config: &&Config, serializer: S) -> Result<S::Ok, S::Error> {
+    let mut value = serde_json::to_value(config).map_err(serde::ser::Error::custom)?;
+    if let Some(token) = value.pointer_mut("/admin/token").filter(|t| !t.is_null()) {
+        *token = serde_json::Value::from(REDACTED);
+    }
+    value.serialize(serializer)
 }
 
 /// The last reload as `/config` shows it.

@@ -23,18 +23,21 @@ pub mod tls;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, ListenerConfig};
+use crate::metrics::ActiveConnection;
 use crate::proxy::{self, ConnContext};
 use crate::snapshot::{ListenerSettings, Shared};
 pub use activity::RequestGuard;
@@ -145,10 +148,12 @@ impl Listener {
                 abort: abort.clone(),
             };
             let settings = settings.clone();
-            let active = metrics.accepted();
+            // Counted for as long as the client's stream exists, which is past the end of
+            // `serve_connection` when an `Upgrade` hands it to a tunnel.
+            let stream = Counted::new(stream, metrics.accepted());
             tokio::spawn(async move {
                 serve_connection(stream, ctx, &builders, &settings, signals).await;
-                drop((permit, active));
+                drop(permit);
             });
         }
         drop(self.socket);
@@ -306,13 +311,13 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// Serves one client connection until it closes or shutdown asks it to finish; on a TLS
 /// listener, after the handshake.
 async fn serve_connection(
-    stream: TcpStream,
+    stream: Counted<TcpStream>,
     ctx: ConnContext,
     builders: &Builders,
     settings: &ListenerSettings,
     signals: Signals,
 ) {
-    if let Err(error) = stream.set_nodelay(true) {
+    if let Err(error) = stream.io.set_nodelay(true) {
         tracing::debug!(%error, "set_nodelay failed");
     }
     // Created before the handshake: the first head's deadline counts from accept.
@@ -406,5 +411,63 @@ async fn serve_http<S>(
     };
     if let Err(error) = result {
         tracing::debug!(error = %crate::error_chain(&*error), "client connection ended with an error");
+    }
+}
+
+/// A client stream that keeps its connection counted in `switchyard_connections_active` until
+/// it is dropped: when the connection ends, or, after an HTTP/1.1 `Upgrade`, when the tunnel
+/// that hyper handed it to ends.
+#[derive(Debug)]
+struct Counted<S> {
+    io: S,
+    _active: ActiveConnection,
+}
+
+impl<S> Counted<S> {
+    fn new(io: S, active: ActiveConnection) -> Counted<S> {
+        Counted {
+            io,
+            _active: active,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

@@ -62,6 +62,45 @@ pub async fn upstreams(admin: SocketAddr, pool: &str) -> Vec<Value> {
     pool["upstreams"].as_array().unwrap().clone()
 }
 
+/// Polls the async `check` until it returns true or [`DEADLINE`] passes (for conditions
+/// read over the network, which `support::eventually` cannot await).
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The upstream `addr` of `pool` in `/pools`.
+pub async fn upstream_view(admin: SocketAddr, pool: &str, addr: SocketAddr) -> Value {
+    let addr = addr.to_string();
+    let found = upstreams(admin, pool)
+        .await
+        .into_iter()
+        .find(|u| u["addr"] == addr.as_str());
+    found.unwrap_or_else(|| panic!("{addr} is not in pool {pool}"))
+}
+
+/// The pool `pool` of `/pools`.
+pub async fn pool_view(admin: SocketAddr, pool: &str) -> Value {
+    let pools = get_json(admin, "/pools").await;
+    let found = pools["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pool)
+        .cloned();
+    found.unwrap_or_else(|| panic!("no pool {pool} in /pools"))
+}
+
 fn one_pool(name: &str, backends: &[&Backend]) -> String {
     let ups: Vec<String> = backends
         .iter()
@@ -365,10 +404,23 @@ async fn mutating_endpoints_need_the_bearer_token() {
     assert_eq!(reload.status, StatusCode::UNPROCESSABLE_ENTITY);
     let delete = call(admin, Method::DELETE, path, "", Some("s3cret")).await;
     assert_eq!(delete.status, StatusCode::NO_CONTENT);
-    // Reading needs no token.
-    for path in ["/pools", "/config", "/metrics", "/healthz", "/ready", "/"] {
-        assert_eq!(get(admin, path).await.status, StatusCode::OK, "{path}");
+    // Reading needs no token, and nothing that can be read without one shows it.
+    for path in [
+        "/pools",
+        "/config",
+        "/metrics",
+        "/healthz",
+        "/ready",
+        "/",
+        "/registry",
+    ] {
+        let reply = get(admin, path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert!(!reply.text().contains("s3cret"), "{path} shows the token");
     }
+    let config = get_json(admin, "/config").await;
+    assert_eq!(config["config"]["admin"]["token"], "<redacted>");
+    assert_eq!(config["config"]["pools"][0]["name"], "auth");
 }
 
 #[tokio::test]

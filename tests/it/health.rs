@@ -14,6 +14,10 @@ use switchyard::snapshot::Snapshot;
 use switchyard::upstream::health::{HealthStatus, Reason};
 use switchyard::upstream::Upstream;
 
+use http::{Method, StatusCode};
+
+use crate::admin::{call, pool_view, until, upstream_view};
+use crate::metrics::value;
 use crate::support::{config, eventually, Client, Proxy, DEADLINE};
 
 /// What `/healthz` does.
@@ -440,4 +444,277 @@ async fn shutting_down_stops_every_check() {
 /// A second proxy whose checks of `b` mark the passing of time.
 async fn proxy_for_witness(b: &HealthBackend) -> Proxy {
     proxy(&[b], "", &checks(50, 100, 1, 1)).await
+}
+
+// --- Health as the admin API and metrics show it ---
+
+/// Like [`proxy`], with an admin API on 127.0.0.1:0; returns the proxy and the admin address.
+async fn proxy_with_admin(
+    backends: &[&HealthBackend],
+    route: &str,
+    extra: &str,
+) -> (Proxy, SocketAddr) {
+    let yaml = config(&format!(
+        "admin:\n  bind: \"127.0.0.1:0\"\n{}",
+        pool_yaml(backends, route, extra)
+    ));
+    let proxy = Proxy::start(&yaml).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    (proxy, admin)
+}
+
+/// `switchyard_health_checks_total{pool="p", upstream, result}` in a fresh scrape.
+async fn checks_total(admin: SocketAddr, backend: &HealthBackend, result: &str) -> f64 {
+    let id = backend.addr.to_string();
+    let labels = [("pool", "p"), ("upstream", id.as_str()), ("result", result)];
+    value(admin, "switchyard_health_checks_total", &labels)
+        .await
+        .unwrap_or_else(|| panic!("no health_checks_total for {id} {result}"))
+}
+
+/// `switchyard_upstream_healthy{pool="p", upstream}` in a fresh scrape.
+async fn healthy_gauge(admin: SocketAddr, backend: &HealthBackend) -> Option<f64> {
+    let id = backend.addr.to_string();
+    value(
+        admin,
+        "switchyard_upstream_healthy",
+        &[("pool", "p"), ("upstream", id.as_str())],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_health_flip_shows_in_metrics_and_pools_and_checks_are_counted() {
+    let (a, b) = (
+        HealthBackend::start("a").await,
+        HealthBackend::start("b").await,
+    );
+    let (_proxy, admin) = proxy_with_admin(&[&a, &b], "", &checks(50, 100, 2, 2)).await;
+    until("a checked ok", || async {
+        checks_total(admin, &a, "ok").await >= 1.0
+    })
+    .await;
+    assert_eq!(healthy_gauge(admin, &a).await, Some(1.0));
+    assert_eq!(upstream_view(admin, "p", a.addr).await["healthy"], true);
+    assert_eq!(pool_view(admin, "p").await["healthy"], 2);
+
+    let fails = checks_total(admin, &a, "fail").await;
+    a.set_health(Mode::Status, 500);
+    until("a's gauge at 0", || async {
+        healthy_gauge(admin, &a).await == Some(0.0)
+    })
+    .await;
+    let view = upstream_view(admin, "p", a.addr).await;
+    assert_eq!(view["healthy"], false, "{view}");
+    assert_eq!(view["last_check"]["ok"], false, "{view}");
+    assert_eq!(view["last_check"]["reason"], "status 500", "{view}");
+    assert_eq!(pool_view(admin, "p").await["healthy"], 1);
+    assert!(checks_total(admin, &a, "fail").await >= fails + 2.0);
+    assert_eq!(healthy_gauge(admin, &b).await, Some(1.0));
+
+    let oks = checks_total(admin, &a, "ok").await;
+    a.set_health(Mode::Status, 200);
+    until("a's gauge back at 1", || async {
+        healthy_gauge(admin, &a).await == Some(1.0)
+    })
+    .await;
+    assert_eq!(upstream_view(admin, "p", a.addr).await["healthy"], true);
+    assert_eq!(pool_view(admin, "p").await["healthy"], 2);
+    assert!(
+        checks_total(admin, &a, "ok").await >= oks + 2.0,
+        "healthy_threshold: 2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejection_shows_in_pools_the_dashboard_json_and_metrics() {
+    let (a, b) = (
+        HealthBackend::start("a").await,
+        HealthBackend::start("b").await,
+    );
+    a.set_traffic_status(503);
+    let outlier = "    outlier: { consecutive_failures: 2, ejection_time: 1s }\n";
+    let (proxy, admin) = proxy_with_admin(&[&a, &b], "    retries: 0\n", outlier).await;
+    let view = upstream_view(admin, "p", a.addr).await;
+    assert_eq!(
+        (view["healthy"].clone(), view["ejected"].clone()),
+        (true.into(), false.into())
+    );
+    let mut client = Client::connect(proxy.addr).await;
+    let seen = answers(&mut client, 4).await;
+    assert_eq!(seen, ["a", "b", "a", "b"]);
+    // `/pools` is what the dashboard polls; its page draws `ejected` upstreams as such.
+    let view = upstream_view(admin, "p", a.addr).await;
+    assert_eq!(view["ejected"], true, "{view}");
+    assert_eq!(
+        view["healthy"], true,
+        "active checks did not fail it: {view}"
+    );
+    assert!(view["last_change"].is_string(), "{view}");
+    assert_eq!(pool_view(admin, "p").await["healthy"], 1);
+    assert_eq!(
+        healthy_gauge(admin, &a).await,
+        Some(0.0),
+        "may not take traffic"
+    );
+    let page = crate::admin::get(admin, "/").await.text();
+    assert!(page.contains("fetch('/pools'") && page.contains("u.ejected"));
+    // The ejection ends by itself.
+    until("the ejection to end", || async {
+        upstream_view(admin, "p", a.addr).await["ejected"] == false
+    })
+    .await;
+    assert_eq!(healthy_gauge(admin, &a).await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_instance_is_health_checked_until_it_is_deleted() {
+    let (a, b) = (
+        HealthBackend::start("a").await,
+        HealthBackend::start("b").await,
+    );
+    b.set_health(Mode::Status, 500);
+    let (proxy, admin) = proxy_with_admin(&[&a], "", &checks(50, 100, 1, 1)).await;
+    let put = call(
+        admin,
+        Method::PUT,
+        &format!("/registry/p/{}", b.addr),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::CREATED, "{}", put.text());
+    until("b checked and found unhealthy", || async {
+        let view = upstream_view(admin, "p", b.addr).await;
+        view["healthy"] == false && view["source"] == "registry"
+    })
+    .await;
+    assert!(b.checks() >= 1);
+    assert_eq!(proxy.server.shared().checkers.len(), 2);
+    assert!(checks_total(admin, &b, "fail").await >= 1.0);
+    let mut client = Client::connect(proxy.addr).await;
+    assert!(answers(&mut client, 6).await.iter().all(|s| s == "a"));
+    assert_eq!(b.requests(), 0);
+
+    // Passing checks bring it into rotation.
+    b.set_health(Mode::Status, 200);
+    until("b healthy", || async {
+        upstream_view(admin, "p", b.addr).await["healthy"] == true
+    })
+    .await;
+    let seen = answers(&mut client, 4).await;
+    assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2, "{seen:?}");
+
+    // Deleted: its checks stop while `a`'s go on.
+    let delete = call(
+        admin,
+        Method::DELETE,
+        &format!("/registry/p/{}", b.addr),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(delete.status, StatusCode::NO_CONTENT);
+    eventually("b's check stopped", || {
+        proxy.server.shared().checkers.len() == 1
+    })
+    .await;
+    let b_checks = b.checks();
+    let a_checks = a.checks();
+    eventually("several checks of a", || a.checks() >= a_checks + 4).await;
+    assert!(
+        b.checks() <= b_checks + 1,
+        "at most one probe was in flight"
+    );
+    assert_eq!(
+        pool_view(admin, "p").await["upstreams"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_upstream_stays_unhealthy_across_a_file_reload() {
+    use crate::reload::{post_reload, start_file, with_admin, TempDir};
+    let (a, b) = (
+        HealthBackend::start("a").await,
+        HealthBackend::start("b").await,
+    );
+    a.set_health(Mode::Status, 500);
+    let dir = TempDir::new("health-reload");
+    let path = dir.join("proxy.yaml");
+    let file = |route: &str, interval: u64| {
+        let pools = pool_yaml(&[&a, &b], "", &checks(interval, 100, 2, 3))
+            .replace("  - name: r\n", &format!("  - name: {route}\n"));
+        with_admin("l-health-reload", None, &pools)
+    };
+    std::fs::write(&path, file("hr-1", 100)).unwrap();
+    let (server, addr, admin) = start_file(&path, "l-health-reload").await;
+    until("a unhealthy", || async {
+        upstream_view(admin, "p", a.addr).await["healthy"] == false
+    })
+    .await;
+    let failed = checks_total(admin, &a, "fail").await;
+    assert!(failed >= 3.0);
+
+    // Only the route changes: `a` is the same upstream, its verdict and counts go on.
+    std::fs::write(&path, file("hr-2", 100)).unwrap();
+    let reply = post_reload(admin, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let view = upstream_view(admin, "p", a.addr).await;
+    assert_eq!(view["healthy"], false, "{view}");
+    assert!(
+        view["consecutive_failures"].as_u64().unwrap() >= 3,
+        "{view}"
+    );
+    assert!(checks_total(admin, &a, "fail").await >= failed);
+    assert_eq!(healthy_gauge(admin, &a).await, Some(0.0));
+    let mut client = Client::connect(addr).await;
+    assert!(answers(&mut client, 6).await.iter().all(|s| s == "b"));
+
+    // A new check interval restarts the checks, not the verdict.
+    std::fs::write(&path, file("hr-3", 60)).unwrap();
+    assert_eq!(post_reload(admin, None).await.status, StatusCode::OK);
+    assert_eq!(upstream_view(admin, "p", a.addr).await["healthy"], false);
+    assert!(answers(&mut client, 6).await.iter().all(|s| s == "b"));
+    assert_eq!(a.requests(), 0);
+
+    // And it still recovers through the new checks.
+    a.set_health(Mode::Status, 200);
+    until("a healthy again", || async {
+        upstream_view(admin, "p", a.addr).await["healthy"] == true
+    })
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_with_a_stale_snapshot_does_not_undo_a_reloads_checks() {
+    let (a, b, c) = (
+        HealthBackend::start("a").await,
+        HealthBackend::start("b").await,
+        HealthBackend::start("c").await,
+    );
+    let hc = checks(50, 100, 1, 1);
+    let proxy = proxy(&[&a, &b], "", &hc).await;
+    let shared = proxy.server.shared();
+    let old = shared.snapshot();
+    eventually("a checked", || a.checks() >= 1).await;
+
+    // A reload drops `a` and adds `c`; then a sync that loaded its snapshot before the swap
+    // (as the registry's follower can) gets the lock last.
+    let yaml = config(&pool_yaml(&[&b, &c], "", &hc));
+    let cfg = switchyard::config::parse(std::path::Path::new("test.yaml"), &yaml).unwrap();
+    shared.store(Snapshot::build(cfg, Some(&old)).unwrap());
+    shared.checkers.sync(&shared.snapshot());
+    shared.checkers.sync(&old);
+
+    let (a_checks, c_checks) = (a.checks(), c.checks());
+    eventually("several checks of c", || c.checks() >= c_checks + 3).await;
+    assert!(
+        a.checks() <= a_checks + 1,
+        "a removed upstream is checked again"
+    );
 }

@@ -67,7 +67,7 @@ fn parse(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
 }
 
 /// The value of one series in a fresh scrape, if present.
-async fn value(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub async fn value(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let reply = get(admin, "/metrics").await;
     assert_eq!(reply.status, StatusCode::OK);
     let mut want: Vec<(String, String)> = labels

@@ -522,3 +522,263 @@ async fn a_reload_resizes_max_connections_without_rebinding() {
     assert_eq!(reply.status, 200);
     server.shutdown().await;
 }
+
+// --- Reloads through the admin API, with a real file ---
+
+/// A config file's text: listener `listener` on 127.0.0.1:0, an admin API on 127.0.0.1:0
+/// (with `token` if given), access log off, then `routes_and_pools`.
+pub fn with_admin(listener: &str, token: Option<&str>, routes_and_pools: &str) -> String {
+    let token = token.map_or(String::new(), |t| format!("  token: \"{t}\"\n"));
+    format!(
+        "listeners:\n  - name: {listener}\n    bind: \"127.0.0.1:0\"\n\
+         admin:\n  bind: \"127.0.0.1:0\"\n{token}access_log: off\n{routes_and_pools}"
+    )
+}
+
+/// Starts a proxy from the file at `path` (no watching: only explicit reloads apply it);
+/// returns it with the address of its listener `listener` and of its admin API.
+pub async fn start_file(path: &Path, listener: &str) -> (Server, SocketAddr, SocketAddr) {
+    let config = switchyard::config::load(path).unwrap_or_else(|e| panic!("invalid:\n{e}"));
+    let options = ServerOptions {
+        config_path: Some(path.to_owned()),
+        drain: Duration::from_secs(5),
+        watch: false,
+    };
+    let server = Server::start_with(config, options).await.unwrap();
+    let addr = server.listener_addr(listener).unwrap();
+    let admin = server.admin_addr().unwrap();
+    (server, addr, admin)
+}
+
+/// `POST /reload` on the admin API with `token`.
+pub async fn post_reload(admin: SocketAddr, token: Option<&str>) -> support::Reply {
+    crate::admin::call(admin, http::Method::POST, "/reload", "", token).await
+}
+
+/// One route `route` (every path) to pool `pool` over `backends`.
+fn route_to(route: &str, pool: &str, backends: &[SocketAddr]) -> String {
+    let ups: String = backends
+        .iter()
+        .map(|b| format!("      - {{ addr: \"{b}\" }}\n"))
+        .collect();
+    format!("routes:\n  - name: {route}\n    pool: {pool}\npools:\n  - name: {pool}\n    upstreams:\n{ups}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_reload_refuses_a_bad_file_with_its_position_and_applies_a_good_one() {
+    use crate::admin::get_json;
+    use crate::metrics::value;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("admin-reload");
+    let path = dir.join("proxy.yaml");
+    let (listener, token) = ("l-admin-reload", Some("s3cret"));
+    let file = |route: &str, pool: &str, to: SocketAddr| {
+        with_admin(listener, token, &route_to(route, "p", &[to]))
+            .replace("    pool: p\npools", &format!("    pool: {pool}\npools"))
+    };
+    std::fs::write(&path, file("ar-1", "p", a.addr)).unwrap();
+    let (server, addr, admin) = start_file(&path, listener).await;
+    assert_eq!(support::get(addr, "/").await.text(), "a");
+    let generation = || value(admin, "switchyard_config_generation", &[]);
+    let reloads = |result: &'static str| async move {
+        value(
+            admin,
+            "switchyard_config_reloads_total",
+            &[("result", result)],
+        )
+        .await
+    };
+    assert_eq!(generation().await, Some(1.0));
+
+    // Without the token, or with a wrong one: 401, and nothing is reloaded.
+    std::fs::write(&path, file("ar-2", "p", b.addr)).unwrap();
+    for wrong in [None, Some("s3cret2"), Some("S3CRET")] {
+        let reply = post_reload(admin, wrong).await;
+        assert_eq!(reply.status, http::StatusCode::UNAUTHORIZED, "{wrong:?}");
+    }
+    assert_eq!(server.reloader().status().reloads_error, 0);
+    assert_eq!(server.reloader().status().reloads_ok, 0);
+    assert_eq!(support::get(addr, "/").await.text(), "a");
+
+    // A file naming a pool that does not exist: 422 with the position, the old config stays.
+    std::fs::write(&path, file("ar-2", "nope", b.addr)).unwrap();
+    let reply = post_reload(admin, token).await;
+    assert_eq!(reply.status, http::StatusCode::UNPROCESSABLE_ENTITY);
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("proxy.yaml:10:11: unknown pool \"nope\""),
+        "{error}"
+    );
+    let config = get_json(admin, "/config").await;
+    assert_eq!(config["generation"], 1);
+    assert_eq!(config["last_reload"]["ok"], false);
+    assert_eq!(config["last_reload"]["error"], error);
+    assert_eq!(config["config"]["routes"][0]["name"], "ar-1");
+    assert_eq!(reloads("error").await, Some(1.0));
+    assert_eq!(reloads("ok").await, Some(0.0));
+    assert_eq!(generation().await, Some(1.0));
+    assert_eq!(support::get(addr, "/").await.text(), "a");
+
+    // A good file: 200 with the new generation, the new route serves and is counted.
+    std::fs::write(&path, file("ar-2", "p", b.addr)).unwrap();
+    let reply = post_reload(admin, token).await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body, serde_json::json!({ "generation": 2 }));
+    assert_eq!(support::get(addr, "/").await.text(), "b");
+    let config = get_json(admin, "/config").await;
+    assert_eq!(config["generation"], 2);
+    assert_eq!(config["last_reload"]["ok"], true);
+    assert_eq!(config["last_reload"]["error"], serde_json::Value::Null);
+    assert_eq!(generation().await, Some(2.0));
+    assert_eq!(reloads("ok").await, Some(1.0));
+    assert_eq!(reloads("error").await, Some(1.0));
+    let requests = |route: &'static str| async move {
+        let labels = [
+            ("listener", listener),
+            ("route", route),
+            ("pool", "p"),
+            ("code", "200"),
+        ];
+        value(admin, "switchyard_requests_total", &labels).await
+    };
+    assert_eq!(requests("ar-2").await, Some(1.0));
+    assert_eq!(
+        requests("ar-1").await,
+        Some(3.0),
+        "the old route's series stays"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_entries_survive_a_file_reload_and_go_with_their_pool() {
+    use crate::admin::{call, get_json, upstreams};
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("registry-reload");
+    let path = dir.join("proxy.yaml");
+    let listener = "l-registry-reload";
+    std::fs::write(
+        &path,
+        with_admin(listener, None, &route_to("rr-1", "keep", &[a.addr])),
+    )
+    .unwrap();
+    let (server, addr, admin) = start_file(&path, listener).await;
+    let put = call(
+        admin,
+        http::Method::PUT,
+        &format!("/registry/keep/{}", b.addr),
+        r#"{"ttl": "1h"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(put.status, http::StatusCode::CREATED, "{}", put.text());
+    let registered = server.shared().snapshot().pool("keep").unwrap().upstreams()[1].clone();
+
+    // A reload that keeps the pool (only the route is renamed) keeps the entry.
+    std::fs::write(
+        &path,
+        with_admin(listener, None, &route_to("rr-2", "keep", &[a.addr])),
+    )
+    .unwrap();
+    let reply = post_reload(admin, None).await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    let instances = get_json(admin, "/registry").await["instances"].clone();
+    assert_eq!(instances.as_array().unwrap().len(), 1, "{instances}");
+    assert_eq!(instances[0]["addr"], b.addr.to_string());
+    let ups = upstreams(admin, "keep").await;
+    assert_eq!(ups.len(), 2);
+    assert_eq!(ups[1]["addr"], b.addr.to_string());
+    assert_eq!(ups[1]["source"], "registry");
+    let after = server.shared().snapshot();
+    assert!(
+        Arc::ptr_eq(&after.pool("keep").unwrap().upstreams()[1], &registered),
+        "the same upstream, with its state"
+    );
+    let mut client = Client::connect(addr).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(client.get("x", "/").await.text());
+    }
+    assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2, "{seen:?}");
+
+    // A reload without the pool drops its entries; the instance gets no more traffic.
+    std::fs::write(
+        &path,
+        with_admin(listener, None, &route_to("rr-3", "other", &[a.addr])),
+    )
+    .unwrap();
+    let reply = post_reload(admin, None).await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        get_json(admin, "/registry").await["instances"],
+        serde_json::json!([])
+    );
+    assert_eq!(upstreams(admin, "other").await.len(), 1);
+    let served = b.requests();
+    for _ in 0..4 {
+        assert_eq!(client.get("x", "/").await.text(), "a");
+    }
+    assert_eq!(b.requests(), served);
+    // Bringing the pool back does not bring the entry back.
+    std::fs::write(
+        &path,
+        with_admin(listener, None, &route_to("rr-4", "keep", &[a.addr])),
+    )
+    .unwrap();
+    assert_eq!(post_reload(admin, None).await.status, http::StatusCode::OK);
+    assert_eq!(upstreams(admin, "keep").await.len(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_instance_the_file_then_lists_is_kept_once() {
+    use crate::admin::{call, get_json, upstreams};
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("registry-static");
+    let path = dir.join("proxy.yaml");
+    let listener = "l-registry-static";
+    std::fs::write(
+        &path,
+        with_admin(listener, None, &route_to("rs-1", "p", &[a.addr])),
+    )
+    .unwrap();
+    let (server, addr, admin) = start_file(&path, listener).await;
+    let put = call(
+        admin,
+        http::Method::PUT,
+        &format!("/registry/p/{}", b.addr),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(put.status, http::StatusCode::CREATED);
+
+    let both = route_to("rs-2", "p", &[a.addr, b.addr]);
+    std::fs::write(&path, with_admin(listener, None, &both)).unwrap();
+    assert_eq!(post_reload(admin, None).await.status, http::StatusCode::OK);
+    let ups = upstreams(admin, "p").await;
+    let sources: Vec<_> = ups
+        .iter()
+        .map(|u| (u["addr"].clone(), u["source"].clone()))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            (a.addr.to_string().into(), "static".into()),
+            (b.addr.to_string().into(), "static".into())
+        ]
+    );
+    assert_eq!(
+        get_json(admin, "/registry").await["instances"],
+        serde_json::json!([])
+    );
+    let mut client = Client::connect(addr).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(client.get("x", "/").await.text());
+    }
+    assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2, "{seen:?}");
+    server.shutdown().await;
+}

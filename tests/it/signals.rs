@@ -133,3 +133,58 @@ async fn a_second_sigterm_exits_at_once_without_waiting_for_the_drain() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
     slow.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_200_after_start_and_503_while_a_sigterm_drains_then_the_process_exits_0() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("ready-drain");
+    let path = dir.join("proxy.yaml");
+    let (port, admin_port) = (free_port(), free_port());
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let text = routed_to(a.addr, "1", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace(
+            "access_log: off\n",
+            &format!("access_log: off\nadmin:\n  bind: \"{admin}\"\n"),
+        );
+    std::fs::write(&path, text).unwrap();
+    let proxy = Proxy::spawn(&path, port, &["--drain-timeout", "10s"]).await;
+    // The admin API starts last: once it answers, `/ready` must be 200.
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(Instant::now() < deadline, "admin API did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = crate::admin::get(admin, "/ready").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.text().as_str()),
+        (200, "ready\n")
+    );
+
+    // A slow request in flight holds the drain open while we look at `/ready`.
+    let slow = tokio::spawn(support::get(proxy.addr, "/slow/1500"));
+    support::eventually("the slow request to reach the backend", || {
+        a.requests() == 1
+    })
+    .await;
+    proxy.signal("TERM");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let ready = crate::admin::get(admin, "/ready").await;
+        if ready.status == 503 {
+            assert_eq!(ready.text(), "draining\n");
+            break;
+        }
+        assert_eq!(ready.status, 200);
+        assert!(Instant::now() < deadline, "/ready never said 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(crate::admin::get(admin, "/healthz").await.status, 200);
+    let reply = tokio::time::timeout(DEADLINE, slow).await.unwrap().unwrap();
+    assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "a"));
+    assert_eq!(proxy.wait().await.0, Some(0));
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "admin closed"
+    );
+}

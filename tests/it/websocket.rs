@@ -174,3 +174,64 @@ async fn an_upgrade_the_upstream_declines_is_an_ordinary_response() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-backend"], "plain");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_counts_as_an_active_connection_and_its_101_as_one_request() {
+    use crate::admin::until;
+    use crate::metrics::value;
+    let server = EchoServer::start().await;
+    // Its own listener and route names: the recorder is shared by every test.
+    let yaml = ws_config(server.addr, "")
+        .replace("name: test", "name: l-ws-metrics")
+        .replace("name: ws\n    pool", "name: ws-metrics\n    pool")
+        .replace(
+            "access_log: off\n",
+            "access_log: off\nadmin:\n  bind: \"127.0.0.1:0\"\n",
+        );
+    let proxy = Proxy::start(&yaml).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let active = || {
+        value(
+            admin,
+            "switchyard_connections_active",
+            &[("listener", "l-ws-metrics")],
+        )
+    };
+    let mut ws = ws_connect(proxy.addr).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text("hello")));
+    assert_eq!(
+        active().await,
+        Some(1.0),
+        "the tunnel's client connection is open"
+    );
+    let upgrades = [
+        ("listener", "l-ws-metrics"),
+        ("route", "ws-metrics"),
+        ("pool", "ws"),
+        ("code", "101"),
+    ];
+    assert_eq!(
+        value(admin, "switchyard_requests_total", &upgrades).await,
+        Some(1.0)
+    );
+
+    ws.close(None).await.unwrap();
+    assert!(matches!(next(&mut ws).await, Some(Message::Close(_))));
+    drop(ws);
+    until("the tunnel's connection to be gone", || async {
+        active().await == Some(0.0)
+    })
+    .await;
+    let total = value(
+        admin,
+        "switchyard_connections_total",
+        &[("listener", "l-ws-metrics")],
+    )
+    .await;
+    assert_eq!(total, Some(1.0));
+    assert_eq!(
+        value(admin, "switchyard_requests_total", &upgrades).await,
+        Some(1.0)
+    );
+}

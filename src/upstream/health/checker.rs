@@ -15,6 +15,7 @@
 //! changes, and by [`Checkers::stop`] (server shutdown) or dropping the `Checkers`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -49,6 +50,8 @@ pub struct Checkers {
     root: CancellationToken,
     /// The running checks; locked only by `sync` and `stop`, never on the request path.
     running: Mutex<HashMap<Key, Check>>,
+    /// Generation of the newest snapshot synced; written only under `running`'s lock.
+    synced: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -68,7 +71,8 @@ impl Checkers {
 
     /// Starts checks for upstreams that arrived, stops those of upstreams that left, and
     /// restarts those whose pool's `health_check` changed; call after every snapshot swap and
-    /// membership change. Must run inside tokio.
+    /// membership change. A snapshot older than the last one synced is ignored. Must run
+    /// inside tokio.
     pub fn sync(&self, snapshot: &Snapshot) {
         if self.root.is_cancelled() {
             return;
@@ -78,6 +82,16 @@ impl Checkers {
             return;
         };
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        // A caller that loaded its snapshot before a reload swapped in the next one may get
+        // the lock after the reload's own sync: an older snapshot would undo that sync.
+        if snapshot.generation < self.synced.load(Ordering::Relaxed) {
+            tracing::debug!(
+                generation = snapshot.generation,
+                "stale snapshot; checks left as they are"
+            );
+            return;
+        }
+        self.synced.store(snapshot.generation, Ordering::Relaxed);
         let mut wanted: HashMap<Key, Check> = HashMap::with_capacity(running.len());
         for pool in &snapshot.pools {
             let Some(hc) = &pool.health_check else {

@@ -187,11 +187,6 @@ async fn a_50_mib_upload_streams_through_intact() {
     const SIZE: usize = 50 * 1024 * 1024;
     let backend = Backend::start("b").await;
     let proxy = Proxy::start(&one_pool(&backend, "")).await;
-    let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let mut hasher = Sha256::new();
     let chunks: Vec<Bytes> = (0..SIZE / (1 << 20))
         .map(|c| {
@@ -203,6 +198,13 @@ async fn a_50_mib_upload_streams_through_intact() {
         })
         .collect();
     let expected = format!("{SIZE} {:x}", hasher.finalize());
+    // Connect only now: making the data takes seconds in a debug build on a busy machine,
+    // longer than the proxy lets a connection wait for its first request head.
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
     // Chunked: no Content-Length, so the proxy cannot buffer by size and must stream.
     let body = StreamBody::new(support::IterStream::new(
         chunks

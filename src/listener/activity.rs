@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -46,6 +46,8 @@ pub(super) struct Activity {
     /// length so the request path checks one atomic instead of taking the lock.
     ambiguous: Mutex<VecDeque<u64>>,
     ambiguous_len: AtomicU32,
+    /// The client switched to HTTP/2: no HTTP/1 heads, so nothing for [`WatchedIo`] to fix.
+    http2: AtomicBool,
 }
 
 /// Why the watchdog ended a connection.
@@ -72,6 +74,7 @@ impl Activity {
             taken: AtomicU64::new(0),
             ambiguous: Mutex::new(VecDeque::new()),
             ambiguous_len: AtomicU32::new(0),
+            http2: AtomicBool::new(false),
         }
     }
 
@@ -87,6 +90,15 @@ impl Activity {
         let ambiguous =
             self.ambiguous_len.load(Ordering::Relaxed) > 0 && self.take_ambiguous(index);
         (RequestGuard(self.clone()), ambiguous)
+    }
+
+    /// Whether a response written now can only be hyper's own refusal of a head: no request
+    /// is being served, and a head arrived (or is arriving) that never became a request.
+    fn head_refused(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.http2.load(Ordering::Relaxed)
+            && (self.head_since.load(Ordering::Relaxed) != 0
+                || self.heads.load(Ordering::Relaxed) > self.taken.load(Ordering::Relaxed))
     }
 
     fn take_ambiguous(&self, index: u64) -> bool {
@@ -123,7 +135,10 @@ impl Activity {
             }
             Event::BodyEnded => {}
             // HTTP/2 has no heads to time; only the idle limit applies.
-            Event::Http2 => self.head_since.store(0, Ordering::Relaxed),
+            Event::Http2 => {
+                self.head_since.store(0, Ordering::Relaxed);
+                self.http2.store(true, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -182,21 +197,102 @@ pub(super) async fn watchdog(
 
 /// A client stream that reports reads to its connection's [`Activity`] through the
 /// connection's [`Framing`].
+///
+/// It also completes the answers hyper's HTTP/1 parser sends on its own, before any request
+/// reaches the proxy: `431` for a head past `max_header_bytes` and `400` for a head it cannot
+/// parse (obs-fold, a bad `Content-Length`, ...). hyper writes them with an empty body; SPEC
+/// section 4 wants every proxy answer to say what it is and to be counted. Such a write is
+/// recognised by its shape (`HTTP/1.1 400`/`431` with `content-length: 0`) at a moment when
+/// no request is being served but a head arrived that never became one, and is replaced by
+/// the same status with a `text/plain` body, `connection: close`, counted in
+/// `switchyard_requests_total` with `route=""` and `pool=""`.
 #[derive(Debug)]
 pub(super) struct WatchedIo<S> {
     inner: S,
     activity: Arc<Activity>,
     framing: Framing,
+    /// The listener's name, for counting the answers replaced here.
+    listener: Arc<str>,
+    /// A replacement answer and how much of it is written.
+    pending: Option<(Vec<u8>, usize)>,
 }
 
 impl<S> WatchedIo<S> {
-    /// Wraps `inner`.
-    pub(super) fn new(inner: S, activity: Arc<Activity>) -> WatchedIo<S> {
+    /// Wraps `inner`, a connection of `listener`.
+    pub(super) fn new(inner: S, activity: Arc<Activity>, listener: Arc<str>) -> WatchedIo<S> {
         WatchedIo {
             inner,
             activity,
             framing: Framing::default(),
+            listener,
+            pending: None,
         }
+    }
+
+    /// The full answer to write instead of `data`, when `data` is hyper's bodiless refusal.
+    fn refusal(&self, data: &[u8]) -> Option<Vec<u8>> {
+        if !data.starts_with(b"HTTP/1.1 4") || !self.activity.head_refused() {
+            return None;
+        }
+        let (status, reason, text) = match data.get(9..13)? {
+            b"400 " => (
+                400,
+                "Bad Request",
+                "400 bad request: the request head is malformed\n",
+            ),
+            b"431 " => (
+                431,
+                "Request Header Fields Too Large",
+                "431 request header fields too large\n",
+            ),
+            _ => return None,
+        };
+        let head_end = data.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = std::str::from_utf8(&data[..head_end]).ok()?;
+        let bodiless = head
+            .split("\r\n")
+            .any(|line| line.eq_ignore_ascii_case("content-length: 0"));
+        if !bodiless || head_end != data.len() {
+            return None;
+        }
+        crate::metrics::record_request(&self.listener, None, status, Duration::ZERO);
+        Some(
+            format!(
+                "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                text.len()
+            )
+            .into_bytes(),
+        )
+    }
+}
+
+impl<S: AsyncWrite + Unpin> WatchedIo<S> {
+    /// Writes what is left of a replacement answer.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = self.pending.as_mut() {
+            if *written == bytes.len() {
+                self.pending = None;
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `data` as written when it is hyper's refusal, queueing the full answer instead.
+    fn replace(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        let answer = self.refusal(data)?;
+        self.pending = Some((answer, 0));
+        // What cannot be written now is written by the flush hyper does next.
+        Some(match self.poll_pending(cx) {
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            _ => Poll::Ready(Ok(data.len())),
+        })
     }
 }
 
@@ -228,15 +324,30 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        if let Err(error) = std::task::ready!(this.poll_pending(cx)) {
+            return Poll::Ready(Err(error));
+        }
+        if let Some(done) = this.replace(cx, data) {
+            return done;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if let Err(error) = std::task::ready!(this.poll_pending(cx)) {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let Err(error) = std::task::ready!(this.poll_pending(cx)) {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -244,7 +355,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Err(error) = std::task::ready!(this.poll_pending(cx)) {
+            return Poll::Ready(Err(error));
+        }
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (nonempty.next(), nonempty.next()) {
+            if let Some(done) = this.replace(cx, only) {
+                return done;
+            }
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -364,6 +364,7 @@ async fn serve_http<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = ctx.client;
+    let listener = ctx.listener.clone();
     let ctx = Arc::new(ctx);
     let requests = activity.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -377,7 +378,7 @@ async fn serve_http<S>(
             Ok::<_, Infallible>(response.map(|body| body.with_request_guard(guard)))
         }
     });
-    let io = TokioIo::new(WatchedIo::new(stream, activity.clone()));
+    let io = TokioIo::new(WatchedIo::new(stream, activity.clone(), listener));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout);

@@ -41,7 +41,8 @@
 #   SWITCHYARD_BIN    use this binary instead of `cargo build --release`
 #   VARIANTS          extra switchyard builds to compare, as LABEL=PATH[,LABEL=PATH...]; each
 #                     runs as proxy `sy-LABEL` (access log off), e.g.
-#                     VARIANTS=mimalloc=/tmp/sy-mimalloc PROXIES=switchyard,sy-mimalloc
+#                     VARIANTS=mimalloc=/tmp/sy-mimalloc PROXIES=switchyard,sy-mimalloc;
+#                     `sy-LABEL+log` runs it with the access log on
 #   RESULTS           also write the raw per-run TSV to this file
 #   REPORT            also write the markdown report to this file
 #
@@ -286,10 +287,15 @@ write_proxies() {
 start_proxy() {
     case $1 in
         sy-*)
-            local bin
-            bin=$(tr ',' '\n' <<<"${VARIANTS:-}" | awk -F= -v l="${1#sy-}" '$1 == l {print $2}')
-            [ -x "$bin" ] || { log "no binary for variant ${1#sy-} in VARIANTS"; exit 2; }
-            start "$1" "${ON_PROXY_CPU[@]}" "$bin" run --config "$TMP/switchyard.yaml" \
+            # `sy-LABEL+log` runs variant LABEL with the access log on, as `switchyard-log`.
+            local bin label=${1#sy-} cfg=switchyard.yaml
+            if [[ $label == *+log ]]; then
+                label=${label%+log} cfg=switchyard-log.yaml
+                rm -f "$TMP/access.log"
+            fi
+            bin=$(tr ',' '\n' <<<"${VARIANTS:-}" | awk -F= -v l="$label" '$1 == l {print $2}')
+            [ -x "$bin" ] || { log "no binary for variant $label in VARIANTS"; exit 2; }
+            start "$1" "${ON_PROXY_CPU[@]}" "$bin" run --config "$TMP/$cfg" \
                 --workers 1 --log-level warn ;;
         switchyard | switchyard-log)
             rm -f "$TMP/access.log"

@@ -121,7 +121,11 @@ impl RequestIds {
         let mut buf = [0u8; 32];
         hex(&mut buf[..16], self.prefix);
         hex(&mut buf[16..], mix(n ^ self.prefix));
-        HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+        // One allocation that holds the digits and the reference count: the id is cloned
+        // into the request, the response and the access log, and `from_bytes` would copy
+        // into a `Vec` that its first clone then moves into a second, shared allocation.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+            .expect("hex digits are a valid header value")
     }
 }
 

@@ -22,7 +22,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::access_log::{Entry, Pending};
+use crate::access_log::{Entry, Pending, RequestText};
 use crate::balance::{hash_key, StrategyKind};
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{HashKey, Protocol};
@@ -87,7 +87,7 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
         .route(host_str, parts.uri.path())
         .map(|i| &snapshot.routes[i]);
     let mut log = snapshot.access_log.as_ref().map(|logger| {
-        let entry = log_entry(ctx, &snapshot, &parts, route, &host, &request_id);
+        let entry = log_entry(ctx, &snapshot, &parts, route, host_str, &request_id);
         Pending::new(logger.clone(), started, entry)
     });
     let outcome = match (check_request(&parts), route) {
@@ -140,22 +140,21 @@ fn log_entry(
     snapshot: &Snapshot,
     parts: &request::Parts,
     route: Option<&Route>,
-    host: &Option<HeaderValue>,
+    host: &str,
     request_id: &HeaderValue,
 ) -> Entry {
+    let request_id = request_id.to_str().unwrap_or("");
     Entry {
         time: std::time::SystemTime::now(),
         client: ctx.client.ip(),
         method: parts.method.clone(),
-        host: host.clone(),
-        uri: parts.uri.clone(),
+        text: RequestText::new(host, parts.uri.path(), request_id),
         status: 0,
         bytes: 0,
         duration_ms: 0.0,
         route: route.map(|r| r.name.clone()),
         pool: route.map(|r| snapshot.pools[r.pool].name.clone()),
         upstream: None,
-        request_id: Some(request_id.clone()),
     }
 }
 

@@ -211,7 +211,8 @@ async fn exchange(
         // was not written, so a fresh connection to the same upstream is not a retry.
         Err(SendError::NotSent(req)) => req,
     };
-    let mut conn = match pool.connector.open(upstream).await {
+    // Boxed for the size of the request's future, as in `Connector::checkout`.
+    let mut conn = match Box::pin(pool.connector.open(upstream)).await {
         Ok(conn) => conn,
         Err(error) => return Err(Failure::Connect(error, req)),
     };

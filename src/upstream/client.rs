@@ -185,7 +185,10 @@ impl Connector {
                 sender,
                 upstream: upstream.clone(),
             }),
-            None => self.open(upstream).await,
+            // Boxed: opening (connect, TLS, handshake) is a large future that most requests,
+            // served by a pooled connection, never need; inline, every request's future would
+            // carry its size, and hyper keeps that future per client connection.
+            None => Box::pin(self.open(upstream)).await,
         }
     }
 

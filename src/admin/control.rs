@@ -20,22 +20,8 @@ pub trait Control: Send + Sync + 'static {
     fn is_draining(&self) -> bool;
 }
 
-/// The last reload's outcome and the reload counts.
-#[derive(Debug, Clone)]
-pub struct LastReload {
-    /// Whether it succeeded.
-    pub ok: bool,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// When it happened.
-    pub at: SystemTime,
-    /// The generation running after it.
-    pub generation: u64,
-    /// Successful reloads so far.
-    pub reloads_ok: u64,
-    /// Failed reloads so far.
-    pub reloads_error: u64,
-}
+/// The last reload's outcome and the reload counts: the reloader's own status.
+pub use crate::reload::ReloadStatus as LastReload;
 
 /// A [`Control`] for a build without hot reload: every reload fails, draining is a flag.
 #[derive(Debug)]
@@ -110,15 +96,7 @@ impl Control for crate::reload::Reloader {
     }
 
     fn last_reload(&self) -> LastReload {
-        let status = self.status();
-        LastReload {
-            ok: status.ok,
-            error: status.error,
-            at: status.at,
-            generation: status.generation,
-            reloads_ok: status.reloads_ok,
-            reloads_error: status.reloads_error,
-        }
+        self.status()
     }
 
     fn is_draining(&self) -> bool {

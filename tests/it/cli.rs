@@ -131,19 +131,10 @@ fn version_and_help_are_printed() {
     }
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_request_finish_and_exits_0() {
     let backend = Backend::start("b").await;
-    let port = free_port();
+    let port = support::free_port();
     let text = format!(
         "listeners:\n  - name: a\n    bind: \"127.0.0.1:{port}\"\naccess_log: off\nroutes:\n  - name: r\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
         backend.addr

@@ -310,15 +310,6 @@ async fn an_unchanged_upstream_keeps_its_health_and_connections_across_a_reload(
     server.shutdown().await;
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn extra_listener(name: &str, port: u16) -> String {
     format!("  - name: {name}\n    bind: \"127.0.0.1:{port}\"\n")
 }
@@ -362,7 +353,7 @@ async fn a_failed_bind_fails_the_whole_reload_and_closes_what_it_bound() {
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();
-    let good = free_port();
+    let good = support::free_port();
     let listeners = extra_listener("good", good) + &extra_listener("busy", busy);
     std::fs::write(&path, routed_to(b.addr, "2", &listeners)).unwrap();
     let err = server.reloader().reload(Trigger::Admin).await.unwrap_err();

@@ -13,15 +13,6 @@ use crate::support::{self, Backend, DEADLINE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A proxy process, killed on drop if the test did not wait for it.
 struct Proxy {
     child: Child,
@@ -85,7 +76,7 @@ async fn sighup_reloads_the_config_file() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let dir = TempDir::new("sighup");
     let path = dir.join("proxy.yaml");
-    let port = free_port();
+    let port = support::free_port();
     let with_port = |text: String| text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&path, with_port(routed_to(a.addr, "1", ""))).unwrap();
     // No file watching: only the signal can apply the change.
@@ -109,7 +100,7 @@ async fn a_second_sigterm_exits_at_once_without_waiting_for_the_drain() {
     let a = Backend::start("a").await;
     let dir = TempDir::new("second-signal");
     let path = dir.join("proxy.yaml");
-    let port = free_port();
+    let port = support::free_port();
     let text = routed_to(a.addr, "1", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&path, text).unwrap();
     let proxy = Proxy::spawn(&path, port, &["--drain-timeout", "60s"]).await;
@@ -139,7 +130,7 @@ async fn ready_is_200_after_start_and_503_while_a_sigterm_drains_then_the_proces
     let a = Backend::start("a").await;
     let dir = TempDir::new("ready-drain");
     let path = dir.join("proxy.yaml");
-    let (port, admin_port) = (free_port(), free_port());
+    let (port, admin_port) = (support::free_port(), support::free_port());
     let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
     let text = routed_to(a.addr, "1", "")
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))

@@ -343,3 +343,12 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
         started.elapsed(),
     )
 }
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Profiles switchyard in compare.sh's `keepalive` scenario (HTTP/1.1 keep-alive, small body,
+# Profiles switchyard in compare.sh's `keepalive` scenario (or, with LOAD, `h2c` or `c1000`) (HTTP/1.1 keep-alive, small body,
 # 50 connections, round robin over three NGINX backends, one worker pinned to one CPU).
 #
 # Three bounded passes, each against a fresh proxy, all traffic on 127.0.0.1:
@@ -13,10 +13,16 @@
 # Usage (as root): ./benches/profile.sh
 # Environment: DURATION [10], PROXY_CPU [0], LOAD_CPU [1], NICE [0] (see compare.sh),
 #   CALLGRAPH [0] (1: perf records call chains too; kernel chains are reliable, userspace
-#   ones are not without frame pointers) and writes the callers of the hottest symbols,
+#   ones are not without frame pointers; `dwarf`: userspace chains through DWARF unwinding,
+#   costly: use a short DURATION) and writes the callers of the hottest symbols,
 #   TARGET [switchyard] (`nginx`: the same passes on an NGINX proxy, one worker, upstream
 #   keep-alive, as in compare.sh, for a side-by-side reading),
 #   ACCESS_LOG [off] (`file` profiles with the access log written to a file in the temp dir),
+#   LOAD [keepalive] (`h2c`: h2load -c50 -m10 with HTTP/2 prior knowledge; `c1000`: wrk -c1000;
+#   `close`: a new connection per request),
+#   EVENT (perf pass: record this event instead of cpu-clock samples, e.g. a uprobe such as
+#   probe_libc:sy_malloc after `perf probe -x LIBC --add sy_malloc=malloc`),
+#   PASSES [all] (`perf` or `strace`: only that pass),
 #   SWITCHYARD_BIN (default: build release with debug symbols into target/profiling),
 #   OUT (directory to keep perf.data and the reports; default: a temp dir, removed).
 set -euo pipefail
@@ -44,7 +50,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for tool in perf strace wrk nginx taskset; do
+LOAD=${LOAD:-keepalive}
+tools=(perf strace wrk nginx taskset)
+[ "$LOAD" = h2c ] && tools+=(h2load)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || { log "missing $tool (apt-get install linux-perf strace wrk nginx-light)"; exit 1; }
 done
 
@@ -142,8 +151,20 @@ stop_proxy() {
 }
 # Runs wrk for DURATION seconds; prints the number of requests it completed.
 load() {
-    "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/wrk.out"
-    awk '/requests in/ {print $1}' "$TMP/wrk.out"
+    case "$LOAD" in
+    h2c)
+        "${ON_LOAD_CPU[@]}" h2load -t1 -c50 -m10 -D "$DURATION" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/load.out"
+        awk '/^requests:/ {print $8}' "$TMP/load.out" ;;
+    close)
+        "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -H "Connection: close" -d"${DURATION}s" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/load.out"
+        awk '/requests in/ {print $1}' "$TMP/load.out" ;;
+    c1000)
+        "${ON_LOAD_CPU[@]}" wrk -t1 -c1000 -d"${DURATION}s" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/load.out"
+        awk '/requests in/ {print $1}' "$TMP/load.out" ;;
+    *)
+        "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/load.out"
+        awk '/requests in/ {print $1}' "$TMP/load.out" ;;
+    esac
 }
 # Runs a profiler attached to the proxy while wrk loads it; prints wrk's request count.
 profiled() {
@@ -159,11 +180,15 @@ profiled() {
     PIDS=("${keep[@]}")
 }
 
+if [ "${PASSES:-all}" != strace ]; then
 log "1/3 perf record, ${DURATION}s"
 start_proxy
 graph=()
 [ "${CALLGRAPH:-0}" = 1 ] && graph=(-g)
-reqs=$(profiled perf record -q "${graph[@]}" -e cpu-clock -F 1999 -o "$OUT/perf.data" -p "$TRACED")
+[ "${CALLGRAPH:-0}" = dwarf ] && graph=(--call-graph dwarf,16384)
+sampling=(-e cpu-clock -F 1999)
+[ -n "${EVENT:-}" ] && sampling=(-e "$EVENT")
+reqs=$(profiled perf record -q "${graph[@]}" "${sampling[@]}" -o "$OUT/perf.data" -p "$TRACED")
 stop_proxy
 {
     echo "# perf: $reqs requests in ${DURATION}s"
@@ -173,12 +198,14 @@ stop_proxy
     perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -v '^#' | grep -v "^$" | head -60 || true
 } >"$OUT/perf.txt"
 cat "$OUT/perf.txt"
-if [ "${CALLGRAPH:-0}" = 1 ]; then
+if [ "${CALLGRAPH:-0}" != 0 ]; then
     perf report -i "$OUT/perf.data" --no-children --stdio -G --percent-limit 3 2>/dev/null \
         >"$OUT/perf-callers.txt" || true
     log "callers of the hottest symbols: $OUT/perf-callers.txt"
 fi
 
+fi
+[ "${PASSES:-all}" = perf ] && exit 0
 log "2/3 strace -c, ${DURATION}s"
 start_proxy
 reqs=$(profiled strace -c -f -o "$OUT/strace.txt" -p "$TRACED")
@@ -189,6 +216,7 @@ awk -v n="$reqs" 'NR <= 2 || /^-/ {print; next}
               printf "%s   per request: %.2f\n", $0, (n > 0 ? calls / n : 0); next } {print}' \
     "$OUT/strace.txt" | head -25 || true
 
+[ "${PASSES:-all}" = strace ] && exit 0
 log "3/3 malloc calls per request, ${DURATION}s"
 LIBC=$(ldd "$BIN" | awk '/libc.so/ {print $3}')
 probes=()

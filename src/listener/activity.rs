@@ -215,7 +215,17 @@ pub(super) struct WatchedIo<S> {
     listener: Arc<str>,
     /// A replacement answer and how much of it is written.
     pending: Option<(Vec<u8>, usize)>,
+    /// Bytes read ahead of a short read (see [`READ_AHEAD`]), and how many were handed out.
+    stash: Option<(Box<[u8]>, usize)>,
 }
+
+/// A read asking for fewer bytes than this reads up to [`READ_AHEAD`] bytes from the socket
+/// and keeps the rest for the next read. hyper-util's auto builder reads exactly the 24 bytes
+/// of the HTTP/2 preface to tell HTTP/1 from h2c; without this, every connection would make a
+/// second `recvfrom` for the rest of its first request.
+const SHORT_READ: usize = 512;
+/// Most bytes read ahead of a short read (on the stack; only the surplus is copied out).
+const READ_AHEAD: usize = 4096;
 
 impl<S> WatchedIo<S> {
     /// Wraps `inner`, a connection of `listener`.
@@ -226,6 +236,7 @@ impl<S> WatchedIo<S> {
             framing: Framing::default(),
             listener,
             pending: None,
+            stash: None,
         }
     }
 
@@ -303,18 +314,56 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some((bytes, taken)) = this.stash.as_mut() {
+            // Already fed to the framing when they were read from the socket.
+            let n = buf.remaining().min(bytes.len() - *taken);
+            buf.put_slice(&bytes[*taken..*taken + n]);
+            *taken += n;
+            if *taken == bytes.len() {
+                this.stash = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() < SHORT_READ {
+            return this.read_ahead(cx, buf);
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            let activity = &this.activity;
-            activity
-                .last_read
-                .store(activity.now_ms(), Ordering::Relaxed);
-            this.framing.feed(&buf.filled()[before..], &mut |event| {
-                activity.on_event(event)
-            });
+            this.observe(&buf.filled()[before..]);
         }
         polled
+    }
+}
+
+impl<S: AsyncRead + Unpin> WatchedIo<S> {
+    /// Reports bytes just read from the client to the activity and the framing.
+    fn observe(&mut self, bytes: &[u8]) {
+        let activity = &self.activity;
+        activity
+            .last_read
+            .store(activity.now_ms(), Ordering::Relaxed);
+        self.framing
+            .feed(bytes, &mut |event| activity.on_event(event));
+    }
+
+    /// A short read: reads up to [`READ_AHEAD`] bytes, hands out what `buf` takes and stashes
+    /// the rest for the next read.
+    fn read_ahead(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); READ_AHEAD];
+        let mut ahead = ReadBuf::uninit(&mut space);
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut ahead))?;
+        let read = ahead.filled();
+        if read.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.observe(read);
+        let n = buf.remaining().min(read.len());
+        buf.put_slice(&read[..n]);
+        if n < read.len() {
+            self.stash = Some((read[n..].into(), 0));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -370,5 +419,54 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_short_read_stashes_the_rest_and_counts_each_byte_once() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let activity = Arc::new(Activity::new());
+        let mut io = WatchedIo::new(server, activity.clone(), Arc::from("test"));
+        let head = b"GET /a HTTP/1.1\r\nhost: example.com\r\nuser-agent: test\r\n\r\n";
+        client.write_all(head).await.unwrap();
+
+        // hyper-util's version sniff: exactly 24 bytes.
+        let mut sniff = [0u8; 24];
+        io.read_exact(&mut sniff).await.unwrap();
+        assert_eq!(&sniff, &head[..24]);
+        assert!(io.stash.is_some(), "the rest of the head is kept");
+
+        // The next read gets the rest from the stash, without waiting on the socket.
+        let mut rest = vec![0u8; 8192];
+        let n = io.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], &head[24..]);
+        assert!(io.stash.is_none());
+        assert_eq!(
+            activity.heads.load(Ordering::Relaxed),
+            1,
+            "one head, seen once"
+        );
+
+        // Reads with room for a head go straight to the socket.
+        client.write_all(head).await.unwrap();
+        let n = io.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], head);
+        assert!(io.stash.is_none());
+        assert_eq!(activity.heads.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_short_read_at_end_of_stream_reads_nothing() {
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        let mut io = WatchedIo::new(server, Arc::new(Activity::new()), Arc::from("test"));
+        let mut sniff = [0u8; 24];
+        assert_eq!(io.read(&mut sniff).await.unwrap(), 0);
+        assert!(io.stash.is_none());
     }
 }

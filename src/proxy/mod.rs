@@ -79,7 +79,7 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
     let started = Instant::now();
     let snapshot = ctx.shared.snapshot();
     let (mut parts, body) = req.into_parts();
-    let request_id = ensure_request_id(ctx, &mut parts.headers);
+    let request_id = ensure_request_id(&ctx.shared.request_ids, &mut parts.headers);
     let host = request_host(&parts);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let route = snapshot
@@ -114,11 +114,17 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
 }
 
 /// The request's `X-Request-Id`, generated and added when the client sent none.
-fn ensure_request_id(ctx: &ConnContext, headers: &mut http::HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&X_REQUEST_ID) {
+///
+/// The value is marked sensitive, which only HTTP/2's HPACK reads: it is then sent as a
+/// never-indexed literal. Every request has its own id, so indexing it would only churn the
+/// connection's dynamic table and make each later lookup walk a long chain of dead ids.
+fn ensure_request_id(ids: &headers::RequestIds, headers: &mut http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get_mut(&X_REQUEST_ID) {
+        id.set_sensitive(true);
         return id.clone();
     }
-    let id = ctx.shared.request_ids.next();
+    let mut id = ids.next();
+    id.set_sensitive(true);
     headers.insert(X_REQUEST_ID.clone(), id.clone());
     id
 }
@@ -367,6 +373,20 @@ mod tests {
         assert_eq!(upstream_uri(&uri, 3).unwrap(), "/users?x=1");
         let uri: Uri = "/v1?x".parse().unwrap();
         assert_eq!(upstream_uri(&uri, 3).unwrap(), "/?x");
+    }
+
+    #[test]
+    fn request_ids_are_sensitive_so_hpack_never_indexes_them() {
+        let ids = headers::RequestIds::new();
+        let mut headers = http::HeaderMap::new();
+        let id = ensure_request_id(&ids, &mut headers);
+        assert!(id.is_sensitive());
+        assert!(headers[&X_REQUEST_ID].is_sensitive());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("client-id"));
+        let id = ensure_request_id(&ids, &mut headers);
+        assert_eq!(id, "client-id");
+        assert!(id.is_sensitive() && headers[&X_REQUEST_ID].is_sensitive());
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub(super) struct Refresher {
     pub(super) every: Duration,
     /// Failed resolutions so far (`Discovery::failures`).
     pub(super) failures: Arc<AtomicU64>,
+    /// Completed rounds so far (`Discovery::rounds`).
+    pub(super) rounds: Arc<AtomicU64>,
 }
 
 impl Refresher {
@@ -83,6 +85,7 @@ impl Refresher {
             let outcome = apply(pool, &self.hosts, results);
             self.failures
                 .fetch_add(outcome.failed as u64, Ordering::Relaxed);
+            self.rounds.fetch_add(1, Ordering::Relaxed);
             if outcome.changed > 0 {
                 shared.discovery.changed();
             }

@@ -93,6 +93,8 @@ struct Task {
     cancel: CancellationToken,
     /// Failed resolutions or etcd sessions so far (see [`Discovery::failures`]).
     failures: Arc<AtomicU64>,
+    /// Completed DNS rounds or etcd listings so far (see [`Discovery::rounds`]).
+    rounds: Arc<AtomicU64>,
 }
 
 /// The last instances an etcd task published for a pool, with the settings it ran with.
@@ -207,6 +209,15 @@ impl Discovery {
             .sum()
     }
 
+    /// Completed DNS rounds and etcd listings of `pool`'s current tasks so far.
+    pub fn rounds(&self, pool: &str) -> u64 {
+        self.running_lock()
+            .iter()
+            .filter(|((p, _), _)| **p == *pool)
+            .map(|(_, t)| t.rounds.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Number of running tasks (one per pool and source).
     pub fn len(&self) -> usize {
         self.running_lock().len()
@@ -294,6 +305,7 @@ fn start(
     cancel: CancellationToken,
 ) -> Task {
     let failures = Arc::new(AtomicU64::new(0));
+    let rounds = Arc::new(AtomicU64::new(0));
     let weak = Arc::downgrade(shared);
     match &spec {
         Spec::Dns { hosts, every } => {
@@ -304,12 +316,14 @@ fn start(
                 hosts: hosts.clone(),
                 every: *every,
                 failures: failures.clone(),
+                rounds: rounds.clone(),
             };
             runtime.spawn(task.run(cancel.clone()));
         }
         Spec::Etcd(config) => {
             tracing::info!(pool = %pool, endpoints = ?config.endpoints, prefix = %config.prefix, "etcd discovery started");
-            let task = etcd::Watcher::new(weak, pool, config.clone(), failures.clone());
+            let task =
+                etcd::Watcher::new(weak, pool, config.clone(), failures.clone(), rounds.clone());
             runtime.spawn(task.run(cancel.clone()));
         }
     }
@@ -317,6 +331,7 @@ fn start(
         spec,
         cancel,
         failures,
+        rounds,
     }
 }
 

@@ -84,6 +84,8 @@ pub(super) struct Watcher {
     published: Vec<Arc<Upstream>>,
     /// Failed sessions so far (`Discovery::failures`).
     failures: Arc<AtomicU64>,
+    /// Successful listings so far (`Discovery::rounds`).
+    rounds: Arc<AtomicU64>,
 }
 
 // === impl Watcher ===
@@ -94,6 +96,7 @@ impl Watcher {
         pool: Arc<str>,
         config: EtcdDiscovery,
         failures: Arc<AtomicU64>,
+        rounds: Arc<AtomicU64>,
     ) -> Watcher {
         Watcher {
             shared,
@@ -103,6 +106,7 @@ impl Watcher {
             instances: BTreeMap::new(),
             published: Vec::new(),
             failures,
+            rounds,
         }
     }
 
@@ -145,6 +149,7 @@ impl Watcher {
             self.put(kv);
         }
         self.publish();
+        self.rounds.fetch_add(1, Ordering::Relaxed);
         let mut watch = match self
             .gateway
             .watch(prefix.as_bytes(), listing.revision + 1)

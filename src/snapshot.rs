@@ -6,8 +6,12 @@
 //! pattern). Building a snapshot is all-or-nothing: [`Snapshot::build`] either returns a
 //! complete snapshot or an error, and only then is it stored. Upstreams that exist in the
 //! previous snapshot (same pool, address and weight) are reused, so their health, in-flight
-//! counts and pooled connections carry over. Reload triggers live in `reload`; this module
-//! only builds and swaps.
+//! counts and pooled connections carry over. Hostname upstreams are resolved here (blocking:
+//! builds run on the blocking pool); on a reload, a hostname the running pool already had
+//! keeps its last good addresses when the resolver fails, and `discovery` re-resolves it
+//! from then on. [`Shared::store`] adds the discovered (etcd) and registered instances to the
+//! new pools before the swap. Reload triggers live in `reload`; this module only builds and
+//! swaps.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -30,7 +34,7 @@ use crate::upstream::{Listed, Pool, Source, Upstream};
 /// Why a valid config could not be turned into a running snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// An upstream hostname did not resolve.
+    /// An upstream hostname did not resolve (and the running pool had no addresses for it).
     #[error("pool {pool:?}: cannot resolve upstream {addr:?}")]
     Resolve {
         /// The pool naming the upstream.

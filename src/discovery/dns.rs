@@ -1,6 +1,6 @@
 //! DNS re-resolution of a pool's hostname upstreams, every `dns_refresh`.
 //!
-//! One [`Refresher`] task per pool that lists hostnames. Each round resolves every hostname
+//! One `Refresher` task per pool that lists hostnames. Each round resolves every hostname
 //! (`tokio::net::lookup_host`: `getaddrinfo` on tokio's blocking pool, never on the async
 //! workers) with no snapshot held, then applies the results to the pool of the running
 //! snapshot. Like Envoy's STRICT_DNS clusters:

@@ -5,7 +5,7 @@
 //! is not that (not JSON, a bad address, a weight out of range) is skipped with a warning
 //! naming the key; the same address under two keys is one instance (the first key's).
 //!
-//! One [`Watcher`] task per pool with `discovery.etcd`, over the [`gateway`] client: list the
+//! One `Watcher` task per pool with `discovery.etcd`, over the [`gateway`] client: list the
 //! prefix, publish the instances, then watch from the listing's revision + 1 and publish
 //! after every batch of changes. When a call or the watch fails (etcd down, compaction), it
 //! keeps the last known instances, waits ([`MIN_BACKOFF`] doubling up to [`MAX_BACKOFF`],

@@ -170,7 +170,7 @@ impl Gateway {
         let mut last = EtcdError::NoEndpoint;
         for endpoint in self.rotation() {
             let call = async {
-                let response = post(&endpoint, "/v3/kv/range", body.clone()).await?;
+                let (response, _conn) = post(&endpoint, "/v3/kv/range", body.clone()).await?;
                 let bytes = Limited::new(response.into_body(), MAX_MESSAGE)
                     .collect()
                     .await
@@ -211,11 +211,12 @@ impl Gateway {
         for endpoint in self.rotation() {
             let call = post(&endpoint, "/v3/watch", body.clone());
             match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, conn))) => {
                     let watch = Watch {
                         endpoint: endpoint.url.clone(),
                         body: response.into_body(),
                         buf: Vec::new(),
+                        _conn: conn,
                     };
                     return Ok(self.answered(&endpoint, watch));
                 }
@@ -255,6 +256,18 @@ pub struct Watch {
     body: Incoming,
     /// Bytes received but not yet parsed (the start of the next message).
     buf: Vec<u8>,
+    /// Its connection, closed when the watch is dropped (a cancelled or replaced watcher).
+    _conn: ConnTask,
+}
+
+/// The task driving one etcd connection; aborted on drop, so no connection outlives its call.
+#[derive(Debug)]
+struct ConnTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ConnTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 // === impl Watch ===
@@ -338,12 +351,13 @@ pub fn range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Sends `POST path` with a JSON `body` to `endpoint`; the answer when its status is 200.
+/// Sends `POST path` with a JSON `body` to `endpoint`; the answer when its status is 200,
+/// with the connection's task (keep it until the body is read).
 async fn post(
     endpoint: &Endpoint,
     path: &str,
     body: Bytes,
-) -> Result<http::Response<Incoming>, EtcdError> {
+) -> Result<(http::Response<Incoming>, ConnTask), EtcdError> {
     let stream = TcpStream::connect(&endpoint.authority)
         .await
         .map_err(|source| EtcdError::Connect {
@@ -354,12 +368,11 @@ async fn post(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|source| http_error(&endpoint.url, source))?;
-    // Ends when the answer is read or dropped: the sender goes with this call.
-    tokio::spawn(async move {
+    let conn = ConnTask(tokio::spawn(async move {
         if let Err(error) = conn.await {
             tracing::debug!(%error, "etcd connection ended");
         }
-    });
+    }));
     let request = Request::post(format!("{}{path}", endpoint.base))
         .header(HOST, endpoint.authority.as_str())
         .header(CONTENT_TYPE, "application/json")
@@ -382,7 +395,7 @@ async fn post(
             body: String::from_utf8_lossy(&bytes).trim().to_owned(),
         });
     }
-    Ok(response)
+    Ok((response, conn))
 }
 
 fn http_error(endpoint: &Arc<str>, source: hyper::Error) -> EtcdError {

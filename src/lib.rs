@@ -17,6 +17,7 @@
 //! - [`access_log`]: one JSON line per request, written off the request path.
 //! - [`metrics`]: Prometheus names, cached handles, scrape-time state.
 //! - [`registry`]: instances registered at runtime through the admin API.
+//! - [`discovery`]: DNS re-resolution and etcd discovery, following membership without reloads.
 //! - [`admin`]: the admin API and dashboard on `admin.bind`, on a thread of its own.
 //! - [`config`]: the file -> validated `Config` pipeline and `switchyard check`.
 //! - [`reload`]: file watch, SIGHUP and admin reloads through one function; listener lifecycle.
@@ -28,6 +29,7 @@ pub mod balance;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -107,6 +109,8 @@ pub struct Server {
     expiry: JoinHandle<()>,
     /// Stops every health-check task when the server is shut down or dropped.
     checks: DropGuard,
+    /// Stops every discovery task when the server is shut down or dropped.
+    discovery: DropGuard,
     /// The admin API, when `admin` is configured.
     admin: Option<admin::AdminServer>,
 }
@@ -137,6 +141,8 @@ impl Server {
         let shared = Arc::new(Shared::new(snapshot));
         // Checks start in the reloader's `after_swap`, which `start` runs for this snapshot.
         let checks = shared.checkers.drop_guard();
+        // Discovery tasks start there too.
+        let discovery = shared.discovery.drop_guard();
         let shutdown = CancellationToken::new();
         let listeners = ListenerSet::new(shutdown.clone(), options.drain);
         let reloader = Reloader::new(shared.clone(), options.config_path.clone(), listeners);
@@ -149,6 +155,7 @@ impl Server {
             watcher: None,
             expiry,
             checks,
+            discovery,
             admin: None,
         };
         if let Err(error) = reloader.start() {
@@ -215,6 +222,8 @@ impl Server {
         if let Err(error) = self.expiry.await {
             tracing::error!(%error, "registry expiry task failed");
         }
+        drop(self.discovery);
+        self.shared.discovery.stop();
         // Checks run until the drain ends: requests still in flight use their verdicts.
         drop(self.checks);
         self.shared.checkers.stop();
@@ -224,15 +233,20 @@ impl Server {
     }
 }
 
-/// Keeps health checks following the registry: instances registered or removed at runtime
-/// (on the admin thread) start or stop being checked here, on the traffic runtime.
+/// Keeps health checks following the registry and discovery: instances registered or removed
+/// at runtime (on the admin thread), and those DNS or etcd add or remove, start or stop being
+/// checked here, on the traffic runtime.
 async fn check_registered(shared: std::sync::Weak<Shared>, shutdown: CancellationToken) {
-    let Some(mut changes) = shared.upgrade().map(|s| s.registry.subscribe()) else {
+    let Some((mut changes, mut discovered)) = shared
+        .upgrade()
+        .map(|s| (s.registry.subscribe(), s.discovery.subscribe()))
+    else {
         return;
     };
     loop {
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
+            changed = discovered.changed() => if changed.is_err() { return },
             () = shutdown.cancelled() => return,
         }
         let Some(shared) = shared.upgrade() else {

@@ -2,8 +2,8 @@
 //!
 //! `PUT /registry/{pool}/{addr}` registers or renews an instance, `DELETE` removes it, and an
 //! entry not renewed within its `ttl` expires. Each entry is an `Arc<Upstream>` with
-//! [`Source::Registry`]; every change rewrites its pool's membership at once
-//! (`Pool::set_upstreams` with the pool's own upstreams followed by its registered ones), so
+//! [`Source::Registry`]; every change rewrites its pool's registered members at once
+//! (`Pool::set_discovered`, which keeps the file's, DNS and etcd members), so
 //! the balancer sees it on the next request, without a reload. A new snapshot (a reload) gets
 //! the entries of pools that still exist re-applied by `Shared::store` through [`Registry::apply`];
 //! entries of a pool that is gone are dropped, and so are those the file now lists itself.
@@ -291,21 +291,14 @@ impl Registry {
     }
 }
 
-/// Sets `pool`'s members to its own (config) upstreams followed by its registered ones.
+/// Sets `pool`'s registered members; its other sources' members stay.
 fn set_members(pool: &Pool, entries: &BTreeMap<(String, SocketAddr), Entry>) {
-    let current = pool.upstreams();
-    let mut members: Vec<Arc<Upstream>> = current
+    let registered = entries
         .iter()
-        .filter(|u| u.source != Source::Registry)
-        .cloned()
+        .filter(|((p, _), _)| **p == *pool.name)
+        .map(|(_, e)| e.upstream.clone())
         .collect();
-    members.extend(
-        entries
-            .iter()
-            .filter(|((p, _), _)| **p == *pool.name)
-            .map(|(_, e)| e.upstream.clone()),
-    );
-    pool.set_upstreams(members);
+    pool.set_discovered(Source::Registry, registered);
 }
 
 fn registration(pool: &str, entry: &Entry) -> Registration {

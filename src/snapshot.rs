@@ -6,8 +6,12 @@
 //! pattern). Building a snapshot is all-or-nothing: [`Snapshot::build`] either returns a
 //! complete snapshot or an error, and only then is it stored. Upstreams that exist in the
 //! previous snapshot (same pool, address and weight) are reused, so their health, in-flight
-//! counts and pooled connections carry over. Reload triggers live in `reload`; this module
-//! only builds and swaps.
+//! counts and pooled connections carry over. Hostname upstreams are resolved here (blocking:
+//! builds run on the blocking pool); on a reload, a hostname the running pool already had
+//! keeps its last good addresses when the resolver fails, and `discovery` re-resolves it
+//! from then on. [`Shared::store`] adds the discovered (etcd) and registered instances to the
+//! new pools before the swap. Reload triggers live in `reload`; this module only builds and
+//! swaps.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -25,12 +29,12 @@ use crate::listener::tls::{TlsError, TlsSettings};
 use crate::proxy::headers::RequestIds;
 use crate::router::Router;
 use crate::upstream::health::Checkers;
-use crate::upstream::{Pool, Source, Upstream};
+use crate::upstream::{Listed, Pool, Source, Upstream};
 
 /// Why a valid config could not be turned into a running snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// An upstream hostname did not resolve.
+    /// An upstream hostname did not resolve (and the running pool had no addresses for it).
     #[error("pool {pool:?}: cannot resolve upstream {addr:?}")]
     Resolve {
         /// The pool naming the upstream.
@@ -177,22 +181,44 @@ impl Snapshot {
             let same_transport = previous
                 .and_then(|p| p.config.pools.iter().find(|c| c.name == cfg.name))
                 .is_some_and(|c| c.protocol == cfg.protocol && c.tls == cfg.tls);
-            let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
+            let reuse = |addr: SocketAddr, weight: u32, source: Source| {
+                let reused = old.filter(|_| same_transport).and_then(|p| {
+                    p.upstreams()
+                        .iter()
+                        .find(|u| u.addr == addr && u.weight == weight && u.source == source)
+                        .cloned()
+                });
+                reused.unwrap_or_else(|| Arc::new(Upstream::new(addr, weight, source)))
+            };
+            let mut listed = Vec::with_capacity(cfg.upstreams.len());
             for up in &cfg.upstreams {
-                for (addr, source) in resolve(&cfg.name, &up.addr)? {
-                    let reused = old.filter(|_| same_transport).and_then(|p| {
-                        p.upstreams()
-                            .iter()
-                            .find(|u| u.addr == addr && u.weight == up.weight && u.source == source)
-                            .cloned()
-                    });
-                    upstreams.push(
-                        reused.unwrap_or_else(|| Arc::new(Upstream::new(addr, up.weight, source))),
-                    );
+                if let Ok(addr) = up.addr.parse::<SocketAddr>() {
+                    listed.push(Listed::Addr(reuse(addr, up.weight, Source::Static)));
+                    continue;
                 }
+                let found = match resolve(&cfg.name, &up.addr) {
+                    Ok(found) => found,
+                    // A hostname the running pool already resolved keeps its last good
+                    // addresses: a resolver hiccup during a reload must not empty a pool.
+                    Err(error) => match old.and_then(|p| p.resolved(&up.addr, up.weight)) {
+                        Some(last) => {
+                            tracing::warn!(pool = %cfg.name, addr = %up.addr, error = %crate::error_chain(&error), "cannot resolve upstream; keeping its last good addresses");
+                            last.iter().map(|u| u.addr).collect()
+                        }
+                        None => return Err(error),
+                    },
+                };
+                listed.push(Listed::Host {
+                    addr: Arc::from(up.addr.as_str()),
+                    weight: up.weight,
+                    upstreams: found
+                        .into_iter()
+                        .map(|addr| reuse(addr, up.weight, Source::Dns))
+                        .collect(),
+                });
             }
             pool_index.insert(cfg.name.clone(), pools.len());
-            let pool = Pool::new(cfg, upstreams, old.map(|p| &**p)).map_err(|source| {
+            let pool = Pool::from_listed(cfg, listed, old.map(|p| &**p)).map_err(|source| {
                 BuildError::UpstreamTls {
                     pool: cfg.name.clone(),
                     source,
@@ -261,11 +287,8 @@ fn route(r: &RouteConfig, pools: &HashMap<String, usize>, built: &[Arc<Pool>]) -
     }
 }
 
-/// An IP address as is, or every address a hostname resolves to.
-fn resolve(pool: &str, addr: &str) -> Result<Vec<(SocketAddr, Source)>, BuildError> {
-    if let Ok(ip) = addr.parse::<SocketAddr>() {
-        return Ok(vec![(ip, Source::Static)]);
-    }
+/// Every address the hostname upstream `addr` resolves to, sorted (blocking: `getaddrinfo`).
+fn resolve(pool: &str, addr: &str) -> Result<Vec<SocketAddr>, BuildError> {
     let err = |source| BuildError::Resolve {
         pool: pool.to_owned(),
         addr: addr.to_owned(),
@@ -277,7 +300,7 @@ fn resolve(pool: &str, addr: &str) -> Result<Vec<(SocketAddr, Source)>, BuildErr
     if found.is_empty() {
         return Err(err(std::io::Error::other("no addresses")));
     }
-    Ok(found.into_iter().map(|a| (a, Source::Dns)).collect())
+    Ok(found)
 }
 
 /// The process-wide handle on the current snapshot.
@@ -293,6 +316,9 @@ pub struct Shared {
     pub checkers: Checkers,
     /// Instances registered at runtime through the admin API; re-applied on every store.
     pub registry: crate::registry::Registry,
+    /// DNS and etcd discovery tasks and the last known etcd instances; re-applied on every
+    /// store.
+    pub discovery: crate::discovery::Discovery,
 }
 
 // === impl Shared ===
@@ -306,6 +332,7 @@ impl Shared {
             request_ids: RequestIds::new(),
             checkers: Checkers::new(),
             registry: crate::registry::Registry::new(),
+            discovery: crate::discovery::Discovery::new(),
         }
     }
 
@@ -317,9 +344,12 @@ impl Shared {
     /// Makes `snapshot` the running config.
     pub fn store(&self, snapshot: impl Into<Arc<Snapshot>>) {
         let snapshot = snapshot.into();
-        // Registered instances join the new pools before anyone can see them.
-        self.registry
-            .apply(&snapshot, || self.current.store(snapshot.clone()));
+        // Discovered and registered instances join the new pools before anyone can see them
+        // (locks in this order: discovery, registry, then each pool's membership).
+        self.discovery.apply(&snapshot, || {
+            self.registry
+                .apply(&snapshot, || self.current.store(snapshot.clone()));
+        });
         self.swapped.notify_waiters();
     }
 

@@ -243,10 +243,11 @@ impl Reloader {
         Ok(next.generation)
     }
 
-    /// Runs after every snapshot swap and once after the first start: health-check tasks
-    /// follow the pools of the new snapshot.
+    /// Runs after every snapshot swap and once after the first start: discovery and
+    /// health-check tasks follow the pools of the new snapshot.
     fn after_swap(&self, snapshot: &Arc<Snapshot>) {
         tracing::debug!(generation = snapshot.generation, "snapshot swapped in");
+        crate::discovery::sync(&self.inner.shared, snapshot);
         self.inner.shared.checkers.sync(snapshot);
     }
 

@@ -9,10 +9,13 @@
 //! carry over a config reload. A health or ejection transition bumps the pool's
 //! [`health::HealthEpoch`]; [`Pool::candidates`] rebuilds a set built at an older epoch.
 //! How a pool reaches its upstreams (HTTP/1.1 or HTTP/2, plaintext or TLS) is its
-//! [`Connector`], built once with the pool. Discovery feeds this module; it lives elsewhere.
+//! [`Connector`], built once with the pool. Discovery (DNS, etcd) and the registry feed this
+//! module through [`Pool::set_resolved`] and [`Pool::set_discovered`]; [`members`] composes
+//! what they set. The sources themselves live elsewhere (`discovery`, `registry`).
 
 pub mod client;
 pub mod health;
+pub mod members;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ use crate::balance::{Balancer, StrategyKind};
 use crate::config::{HashKey, HealthCheckConfig, OutlierConfig, PoolConfig, Protocol};
 
 pub use client::{ClientError, Connection, Connector};
+pub use members::{Listed, Members};
 pub use tls::{TlsError, UpstreamTls};
 
 /// Where an upstream came from; shown by the admin API as `source`.
@@ -181,6 +185,10 @@ pub struct Pool {
     epoch: Arc<health::HealthEpoch>,
     /// Serialises rebuilds; the request path only `try_lock`s it, so it never waits.
     rebuilding: Mutex<()>,
+    /// Membership by source (file, DNS, etcd, registry); every source writes its part and
+    /// stores the composed list under this lock, so concurrent sources never lose each
+    /// other's changes. Never taken on the request path.
+    members: Mutex<Members>,
     /// Its series (`switchyard_retries_total`).
     pub metrics: crate::metrics::PoolMetrics,
 }
@@ -195,6 +203,19 @@ impl Pool {
         upstreams: Vec<Arc<Upstream>>,
         previous: Option<&Pool>,
     ) -> Result<Pool, TlsError> {
+        let listed = upstreams.into_iter().map(Listed::Addr).collect();
+        Pool::from_listed(cfg, listed, previous)
+    }
+
+    /// Builds a pool over the file's entries (hostnames with their resolution); see
+    /// [`Pool::new`].
+    pub fn from_listed(
+        cfg: &PoolConfig,
+        listed: Vec<Listed>,
+        previous: Option<&Pool>,
+    ) -> Result<Pool, TlsError> {
+        let members = Members::new(listed);
+        let upstreams = members.compose();
         let tls = UpstreamTls::build(cfg)?;
         let seed = previous.map_or(0x5157_1c4a_9d2e_0b31, |p| p.seed.load(Ordering::Relaxed));
         let epoch = previous.map_or_else(Default::default, |p| p.epoch.clone());
@@ -222,6 +243,7 @@ impl Pool {
             seed: AtomicU64::new(seed.wrapping_add(1)),
             epoch,
             rebuilding: Mutex::new(()),
+            members: Mutex::new(members),
             metrics: crate::metrics::PoolMetrics::new(Arc::from(cfg.name.as_str())),
         })
     }
@@ -252,7 +274,44 @@ impl Pool {
         self.candidates.load()
     }
 
-    /// Replaces the membership (discovery, registry) and rebuilds the candidates.
+    /// The last good resolution of the hostname entry `addr` (as written) with `weight`;
+    /// `None` when the pool has no such entry.
+    pub fn resolved(&self, addr: &str, weight: u32) -> Option<Vec<Arc<Upstream>>> {
+        self.members_lock()
+            .resolved(addr, weight)
+            .map(<[_]>::to_vec)
+    }
+
+    /// Replaces the resolution of the hostname entry `addr` with `weight` (DNS refresh) and
+    /// rebuilds the candidates; false when the pool has no such entry.
+    pub fn set_resolved(&self, addr: &str, weight: u32, upstreams: Vec<Arc<Upstream>>) -> bool {
+        let mut members = self.members_lock();
+        let found = members.set_resolved(addr, weight, upstreams);
+        if found {
+            self.set_upstreams(members.compose());
+        }
+        found
+    }
+
+    /// Replaces the instances of a runtime source ([`Source::Etcd`], [`Source::Registry`])
+    /// and rebuilds the candidates; the other sources' members stay.
+    pub fn set_discovered(&self, source: Source, upstreams: Vec<Arc<Upstream>>) {
+        let mut members = self.members_lock();
+        if members.set_discovered(source, upstreams) {
+            self.set_upstreams(members.compose());
+        } else {
+            tracing::error!(pool = %self.name, source = source.as_str(), "only etcd and the registry set members at run time");
+        }
+    }
+
+    fn members_lock(&self) -> std::sync::MutexGuard<'_, Members> {
+        // Every change is one assignment: a panic elsewhere cannot leave it half done.
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the whole membership and rebuilds the candidates. Low level: sources go
+    /// through [`Pool::set_resolved`] and [`Pool::set_discovered`], which keep each other's
+    /// members.
     pub fn set_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
         for upstream in &upstreams {
             upstream.health.join(&self.epoch);

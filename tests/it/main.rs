@@ -10,6 +10,7 @@ mod admin;
 mod admin_reload;
 mod balancing;
 mod cli;
+mod discovery;
 mod errors;
 mod forwarding;
 mod grpc;

@@ -291,6 +291,12 @@ fn discovery_needs_a_usable_source() {
     assert!(errors[1]
         .message
         .starts_with("etcd.prefix must not be empty"));
+    let tls = "    discovery: { etcd: { endpoints: [\"https://e:2379\"], prefix: /s/ } }\n";
+    let refused = super::errors(&format!("{BASE}{tls}"));
+    assert!(
+        refused[0].message.contains("https is not supported"),
+        "{refused:?}"
+    );
     let etcd = "    discovery: { etcd: { endpoints: [\"http://e:2379\"], prefix: /s/api/ } }\n";
     assert!(parse_str(&format!("{BASE}{etcd}")).is_ok());
 }

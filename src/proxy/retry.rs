@@ -15,7 +15,8 @@
 
 use std::sync::Arc;
 
-use http::{request, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{HeaderName, HeaderValue};
+use http::{request, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 
@@ -37,12 +38,16 @@ pub(crate) struct Forwarded {
 }
 
 /// A copy of a bodyless idempotent request head, to send it again after it was consumed.
+///
+/// The headers are kept as a plain list, rebuilt into a map only for a retry: names and
+/// values are reference-counted, so the copy every such request pays is one allocation
+/// where cloning the `HeaderMap` (entries and index table) is two, plus rehashing.
 #[derive(Debug)]
 pub(crate) struct Replay {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Replay {
@@ -70,7 +75,11 @@ impl Replay {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
         })
     }
 
@@ -79,7 +88,12 @@ impl Replay {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in &self.headers {
+            // `append` keeps repeated fields, in their order.
+            headers.append(name.clone(), value.clone());
+        }
         req
     }
 }
@@ -236,4 +250,45 @@ fn classify(error: ClientError) -> ProxyError {
         source = err.source();
     }
     ProxyError::UpstreamReset(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_sends_the_same_head_with_repeated_fields_in_order() {
+        let (parts, ()) = Request::get("http://a.example/p?q=1")
+            .header("x-a", "1")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("x-b", "2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let replay = Replay::capture(&parts, &RequestBody::empty(), 1, 2).expect("a bodyless GET");
+        let again = replay.request();
+        assert_eq!(again.method(), Method::GET);
+        assert_eq!(again.uri(), &parts.uri);
+        assert_eq!(again.version(), parts.version);
+        assert_eq!(again.headers(), &parts.headers);
+        let cookies: Vec<_> = again.headers().get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+    }
+
+    #[test]
+    fn nothing_is_copied_when_no_retry_can_follow() {
+        let (post, ()) = Request::post("/").body(()).unwrap().into_parts();
+        let (get, ()) = Request::get("/").body(()).unwrap().into_parts();
+        let empty = RequestBody::empty();
+        assert!(
+            Replay::capture(&post, &empty, 1, 2).is_none(),
+            "not idempotent"
+        );
+        assert!(Replay::capture(&get, &empty, 0, 2).is_none(), "no retries");
+        assert!(
+            Replay::capture(&get, &empty, 1, 1).is_none(),
+            "no other upstream"
+        );
+    }
 }

@@ -19,7 +19,7 @@
 #   keep-alive, as in compare.sh, for a side-by-side reading),
 #   ACCESS_LOG [off] (`file` profiles with the access log written to a file in the temp dir),
 #   LOAD [keepalive] (`h2c`: h2load -c50 -m10 with HTTP/2 prior knowledge; `c1000`: wrk -c1000;
-#   `close`: a new connection per request),
+#   `close`: a new connection per request; `64k`: 64 KiB responses),
 #   EVENT (perf pass: record this event instead of cpu-clock samples, e.g. a uprobe such as
 #   probe_libc:sy_malloc after `perf probe -x LIBC --add sy_malloc=malloc`),
 #   PASSES [all] (`perf` or `strace`: only that pass),
@@ -84,13 +84,15 @@ wait_port() {
 }
 
 mkdir -p "$TMP/backend"
+head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/64k"
 {
     echo "worker_processes 1; daemon off; master_process on; pid $TMP/backend/nginx.pid;"
     echo "error_log stderr error; events { worker_connections 4096; }"
     echo "http { access_log off; keepalive_requests 1000000;"
     echo "  client_body_temp_path $TMP/backend/body; proxy_temp_path $TMP/backend/proxy;"
     for p in "${PORTS[@]:0:3}"; do
-        echo "  server { listen 127.0.0.1:$p; location / { return 200 \"ok $p\n\"; } }"
+        echo "  server { listen 127.0.0.1:$p; location / { return 200 \"ok $p\n\"; }"
+        echo "    location = /64k { alias $TMP/64k; default_type application/octet-stream; } }"
     done
     echo "}"
 } >"$TMP/backend.conf"
@@ -121,7 +123,8 @@ mkdir -p "$TMP/nginx"
     echo "  server { listen 127.0.0.1:${PORTS[3]};"
     echo "    location / { proxy_pass http://backends; proxy_http_version 1.1;"
     echo "      proxy_set_header Connection \"\"; proxy_set_header Host \$http_host;"
-    echo "      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
+    echo "      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;"
+    echo "      proxy_buffers 8 16k; proxy_buffer_size 16k; } }"
     echo "}"
 } >"$TMP/nginx.conf"
 
@@ -155,6 +158,9 @@ load() {
     h2c)
         "${ON_LOAD_CPU[@]}" h2load -t1 -c50 -m10 -D "$DURATION" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/load.out"
         awk '/^requests:/ {print $8}' "$TMP/load.out" ;;
+    64k)
+        "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:${PORTS[3]}/64k" >"$TMP/load.out"
+        awk '/requests in/ {print $1}' "$TMP/load.out" ;;
     close)
         "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -H "Connection: close" -d"${DURATION}s" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/load.out"
         awk '/requests in/ {print $1}' "$TMP/load.out" ;;

@@ -56,7 +56,7 @@ pub enum RegistryError {
         addr: SocketAddr,
     },
     /// The address is one of the pool's upstreams from the config file.
-    #[error("{addr} is a static upstream of pool {pool:?}; it cannot also be registered")]
+    #[error("{addr} is already an upstream of pool {pool:?} (from the config file, DNS or etcd); it cannot also be registered")]
     Static {
         /// The pool.
         pool: String,

@@ -354,8 +354,8 @@ impl Checker {
         }
         for (j, endpoint) in etcd.endpoints.iter().enumerate() {
             // The etcd client speaks plaintext HTTP to the JSON gateway; TLS is not built.
-            if !endpoint.starts_with("http://") {
-                let msg = format!("invalid etcd endpoint {endpoint:?}: expected an http:// URL, like \"http://127.0.0.1:2379\" (https is not supported)");
+            if !crate::discovery::etcd::gateway::is_endpoint(endpoint) {
+                let msg = format!("invalid etcd endpoint {endpoint:?}: expected an http://host:port URL, like \"http://127.0.0.1:2379\" (https is not supported)");
                 self.error(
                     &key_path!["pools", i, "discovery", "etcd", "endpoints", j],
                     msg,

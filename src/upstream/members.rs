@@ -10,6 +10,7 @@
 //! flat list) is what lets a hostname keep its last good addresses when a later resolution
 //! fails, and lets a reload find them again by the entry as written.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{Source, Upstream};
@@ -50,16 +51,25 @@ impl Members {
     }
 
     /// Every member: file entries in file order, then etcd instances, then registered ones.
+    /// An address is one member: the first that lists it wins, later copies (a hostname
+    /// resolving to a listed IP, an etcd key or a registration for a member the pool already
+    /// has) are left out, so no address takes a double share of traffic or checks.
     pub fn compose(&self) -> Vec<Arc<Upstream>> {
-        let mut all = Vec::with_capacity(self.listed.len() + self.etcd.len() + self.registry.len());
-        for entry in &self.listed {
-            match entry {
-                Listed::Addr(upstream) => all.push(upstream.clone()),
-                Listed::Host { upstreams, .. } => all.extend(upstreams.iter().cloned()),
+        let listed = self.listed.iter().flat_map(|entry| match entry {
+            Listed::Addr(upstream) => std::slice::from_ref(upstream),
+            Listed::Host { upstreams, .. } => upstreams.as_slice(),
+        });
+        let every = listed.chain(&self.etcd).chain(&self.registry);
+        let mut all: Vec<Arc<Upstream>> =
+            Vec::with_capacity(self.listed.len() + self.etcd.len() + self.registry.len());
+        let mut seen = HashSet::with_capacity(all.capacity());
+        for upstream in every {
+            if seen.insert(upstream.addr) {
+                all.push(upstream.clone());
+            } else {
+                tracing::warn!(addr = %upstream.addr, source = upstream.source.as_str(), "address is already a member of the pool; this copy is left out");
             }
         }
-        all.extend(self.etcd.iter().cloned());
-        all.extend(self.registry.iter().cloned());
         all
     }
 
@@ -137,6 +147,36 @@ mod tests {
         assert_eq!(ports(&m), [3, 4, 1, 5, 9]);
         assert!(m.set_discovered(Source::Etcd, Vec::new()));
         assert_eq!(ports(&m), [3, 4, 1, 9]);
+    }
+
+    #[test]
+    fn an_address_is_one_member_the_first_source_listing_it_wins() {
+        let host = Listed::Host {
+            addr: Arc::from("svc.local:80"),
+            weight: 1,
+            upstreams: vec![up(1, Source::Dns), up(2, Source::Dns)],
+        };
+        let mut m = Members::new(vec![Listed::Addr(up(1, Source::Static)), host]);
+        m.set_discovered(Source::Etcd, vec![up(2, Source::Etcd), up(3, Source::Etcd)]);
+        m.set_discovered(
+            Source::Registry,
+            vec![up(3, Source::Registry), up(4, Source::Registry)],
+        );
+        let composed = m.compose();
+        let got: Vec<(u16, Source)> = composed.iter().map(|u| (u.addr.port(), u.source)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, Source::Static),
+                (2, Source::Dns),
+                (3, Source::Etcd),
+                (4, Source::Registry)
+            ]
+        );
+        // The shadowed registry entry is back once etcd no longer lists its address.
+        m.set_discovered(Source::Etcd, Vec::new());
+        assert_eq!(ports(&m), [1, 2, 3, 4]);
+        assert_eq!(m.compose()[2].source, Source::Registry);
     }
 
     #[test]

@@ -412,3 +412,62 @@ async fn pools_lists_dns_and_etcd_sources_beside_static_and_registry() {
     assert_eq!(pools["pools"][0]["name"], "p");
     drop(proxy);
 }
+
+/// The (addr, source) pairs of pool `p` in `/pools` that are `addr`.
+async fn listed_as(admin: SocketAddr, addr: SocketAddr) -> Vec<String> {
+    members(admin)
+        .await
+        .into_iter()
+        .filter(|(a, _)| *a == addr.to_string())
+        .map(|(_, source)| source)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_address_from_two_sources_is_one_member() {
+    let etcd = Etcd::start().await;
+    let (s, e, r) = (
+        Backend::start("s").await,
+        Backend::start("e").await,
+        Backend::start("r").await,
+    );
+    let extra = format!("    upstreams:\n      - {{ addr: \"{}\" }}\n", s.addr);
+    let (proxy, admin) = crate::admin::start(None, &etcd_pool(&etcd, "round_robin", &extra)).await;
+    let put = crate::admin::call(
+        admin,
+        Method::PUT,
+        &format!("/registry/p/{}", r.addr),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::CREATED);
+    // etcd also lists the file's address and the registered one.
+    etcd.put("/svc/api/e", &instance(e.addr, 1)).await;
+    etcd.put("/svc/api/s", &instance(s.addr, 1)).await;
+    etcd.put("/svc/api/r", &instance(r.addr, 1)).await;
+    until("the etcd instance", || async {
+        listed_as(admin, e.addr).await == ["etcd"]
+    })
+    .await;
+    until("r listed once, as etcd's", || async {
+        listed_as(admin, r.addr).await == ["etcd"]
+    })
+    .await;
+    assert_eq!(listed_as(admin, s.addr).await, ["static"]);
+    assert_eq!(members(admin).await.len(), 3);
+
+    // Round robin over three members: each address gets its share, not two.
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..6 {
+        assert_eq!(client.get("x", "/").await.status, StatusCode::OK);
+    }
+    assert_eq!((s.requests(), e.requests(), r.requests()), (2, 2, 2));
+
+    // Once etcd drops it, the registered instance is back.
+    etcd.delete("/svc/api/r").await;
+    until("r back as registered", || async {
+        listed_as(admin, r.addr).await == ["registry"]
+    })
+    .await;
+}

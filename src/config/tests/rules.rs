@@ -302,6 +302,28 @@ fn discovery_needs_a_usable_source() {
 }
 
 #[test]
+fn etcd_endpoints_the_client_cannot_use_are_errors() {
+    // Each of these starts with "http://" but names no host, or no usable port.
+    for bad in [
+        "http://",
+        "http://127.0.0.1:abc",
+        "http://127.0.0.1:99999",
+        "http://:2379",
+    ] {
+        let etcd =
+            format!("    discovery: {{ etcd: {{ endpoints: [\"{bad}\"], prefix: /s/ }} }}\n");
+        let errors = errors(&format!("{BASE}{etcd}"));
+        assert_eq!(errors.len(), 1, "{bad}: {errors:#?}");
+        assert!(
+            errors[0]
+                .message
+                .starts_with(&format!("invalid etcd endpoint {bad:?}")),
+            "{bad}: {errors:#?}"
+        );
+    }
+}
+
+#[test]
 fn health_check_rules() {
     let hc = "    health_check: { path: healthz, interval: 0s, healthy_threshold: 0, unhealthy_threshold: 0 }\n";
     let errors = errors(&format!("{BASE}{hc}"));

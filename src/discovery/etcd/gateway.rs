@@ -323,6 +323,12 @@ impl Watch {
     }
 }
 
+/// Whether `url` is an endpoint the client can use: `http://host[:port][/path]`, with a
+/// host, no user info and, when given, a port from 1 to 65535. Config validation asks this.
+pub fn is_endpoint(url: &str) -> bool {
+    endpoint(url).is_some()
+}
+
 /// `http://host:port[/path]` as an endpoint; `None` for anything else.
 fn endpoint(url: &str) -> Option<Endpoint> {
     let uri: Uri = url.parse().ok()?;
@@ -330,10 +336,23 @@ fn endpoint(url: &str) -> Option<Endpoint> {
         return None;
     }
     let authority = uri.authority()?;
-    let port = authority.port_u16().unwrap_or(80);
+    let (text, host) = (authority.as_str(), authority.host());
+    // `Uri` accepts an empty host, user info and a port that is no u16 (`port_u16` is then
+    // `None`): none of them can be connected to as written.
+    if host.is_empty() || text.contains('@') {
+        return None;
+    }
+    let port = match text.strip_prefix(host)? {
+        "" => 80,
+        rest => rest
+            .strip_prefix(':')?
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)?,
+    };
     Some(Endpoint {
         url: Arc::from(url),
-        authority: format!("{}:{port}", authority.host()),
+        authority: format!("{host}:{port}"),
         base: uri.path().trim_end_matches('/').to_owned(),
     })
 }
@@ -556,6 +575,18 @@ mod tests {
         assert_eq!(endpoint("http://etcd/gw/").expect("valid").base, "/gw");
         assert!(endpoint("https://127.0.0.1:2379").is_none());
         assert!(endpoint("127.0.0.1:2379").is_none());
+        assert_eq!(
+            endpoint("http://[::1]:2379").expect("valid").authority,
+            "[::1]:2379"
+        );
+        for unusable in [
+            "http://",
+            "http://:2379",
+            "http://127.0.0.1:abc",
+            "http://e:99999",
+        ] {
+            assert!(endpoint(unusable).is_none(), "{unusable}");
+        }
     }
 
     #[test]

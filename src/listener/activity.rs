@@ -324,7 +324,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        if buf.remaining() < SHORT_READ {
+        if buf.remaining() < SHORT_READ && buf.remaining() > 0 {
             return this.read_ahead(cx, buf);
         }
         let before = buf.filled().len();

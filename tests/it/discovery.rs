@@ -383,15 +383,7 @@ async fn pools_lists_dns_and_etcd_sources_beside_static_and_registry() {
         d.addr.port()
     );
     let (proxy, admin) = crate::admin::start(None, &etcd_pool(&etcd, "round_robin", &extra)).await;
-    let put = crate::admin::call(
-        admin,
-        Method::PUT,
-        &format!("/registry/p/{}", r.addr),
-        "",
-        None,
-    )
-    .await;
-    assert_eq!(put.status, StatusCode::CREATED);
+    register(admin, r.addr).await;
     until("the etcd instance", || async {
         members(admin).await.iter().any(|(_, src)| src == "etcd")
     })
@@ -411,6 +403,13 @@ async fn pools_lists_dns_and_etcd_sources_beside_static_and_registry() {
     let pools = get_json(admin, "/pools").await;
     assert_eq!(pools["pools"][0]["name"], "p");
     drop(proxy);
+}
+
+/// Registers `addr` in pool `p` through the admin API.
+async fn register(admin: SocketAddr, addr: SocketAddr) {
+    let put =
+        crate::admin::call(admin, Method::PUT, &format!("/registry/p/{addr}"), "", None).await;
+    assert_eq!(put.status, StatusCode::CREATED, "registering {addr}");
 }
 
 /// The (addr, source) pairs of pool `p` in `/pools` that are `addr`.
@@ -433,15 +432,7 @@ async fn an_address_from_two_sources_is_one_member() {
     );
     let extra = format!("    upstreams:\n      - {{ addr: \"{}\" }}\n", s.addr);
     let (proxy, admin) = crate::admin::start(None, &etcd_pool(&etcd, "round_robin", &extra)).await;
-    let put = crate::admin::call(
-        admin,
-        Method::PUT,
-        &format!("/registry/p/{}", r.addr),
-        "",
-        None,
-    )
-    .await;
-    assert_eq!(put.status, StatusCode::CREATED);
+    register(admin, r.addr).await;
     // etcd also lists the file's address and the registered one.
     etcd.put("/svc/api/e", &instance(e.addr, 1)).await;
     etcd.put("/svc/api/s", &instance(s.addr, 1)).await;

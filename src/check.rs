@@ -22,6 +22,9 @@ use crate::listener::tls::TlsError;
 use crate::snapshot::{resolve, BuildError, ListenerSettings};
 use crate::upstream::{self, UpstreamTls};
 
+/// How many hostnames `check` resolves at once (one thread each).
+const RESOLVE_BATCH: usize = 16;
+
 /// `switchyard check`: the validated config, or every error `run` would stop at, positioned
 /// and in file order.
 pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
@@ -63,23 +66,30 @@ pub fn build_errors(config: &Config) -> Vec<BuildError> {
     errors
 }
 
-/// Resolves every hostname upstream, all at once: a slow resolver costs one timeout, not one
-/// per name.
+/// Resolves every hostname upstream, [`RESOLVE_BATCH`] at a time: a slow resolver costs one
+/// timeout per batch, not one per name.
 fn resolve_all(config: &Config) -> Vec<BuildError> {
-    let hosts = config.pools.iter().flat_map(|pool| {
-        let hostnames = pool.upstreams.iter().map(|up| up.addr.as_str());
-        let hostnames = hostnames.filter(|addr| addr.parse::<std::net::SocketAddr>().is_err());
-        hostnames.map(move |addr| (pool.name.as_str(), addr))
-    });
-    std::thread::scope(|scope| {
-        let tasks: Vec<_> = hosts
-            .map(|(pool, addr)| scope.spawn(move || resolve(pool, addr).err()))
-            .collect();
-        tasks
-            .into_iter()
-            .filter_map(|task| task.join().ok().flatten())
-            .collect()
-    })
+    let hosts: Vec<(&str, &str)> = config
+        .pools
+        .iter()
+        .flat_map(|pool| {
+            let addrs = pool.upstreams.iter().map(|up| up.addr.as_str());
+            let hostnames = addrs.filter(|addr| addr.parse::<std::net::SocketAddr>().is_err());
+            hostnames.map(move |addr| (pool.name.as_str(), addr))
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for batch in hosts.chunks(RESOLVE_BATCH) {
+        std::thread::scope(|scope| {
+            let tasks: Vec<_> = batch
+                .iter()
+                .map(|&(pool, addr)| scope.spawn(move || resolve(pool, addr).err()))
+                .collect();
+            // `resolve` does not panic; a lookup that did would only lose its own error.
+            errors.extend(tasks.into_iter().filter_map(|t| t.join().ok().flatten()));
+        });
+    }
+    errors
 }
 
 /// Whether the access log `file` could be opened for appending, without creating it: the
@@ -227,5 +237,67 @@ impl BuildError {
             }
             BuildError::AccessLog(_) => vec![Key("access_log")],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn located(yaml: &str) -> Vec<(usize, usize, String)> {
+        let file = Path::new("t.yaml");
+        let config = config::parse(file, yaml).unwrap_or_else(|e| panic!("{e}"));
+        let errors = build_errors(&config);
+        let at = errors.iter().map(|e| e.locate(&config, file, yaml));
+        at.map(|e| (e.line, e.col, e.message)).collect()
+    }
+
+    const HEAD: &str = "listeners:\n  - name: a\n    bind: \"127.0.0.1:0\"\naccess_log: off\nroutes:\n  - name: r\n    pool: p\npools:\n  - name: p\n";
+
+    #[test]
+    fn a_bad_server_name_points_at_server_name() {
+        let yaml = format!(
+            "{HEAD}    tls: {{ server_name: \"not a name\" }}\n    upstreams: [{{ addr: \"127.0.0.1:9\" }}]\n"
+        );
+        let errors = located(&yaml);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let (line, col, message) = &errors[0];
+        assert_eq!((*line, *col), (10, 25), "{message}");
+        assert!(
+            message.starts_with("pool \"p\": upstream TLS: server_name"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_valid_config_has_no_build_errors() {
+        let yaml = format!("{HEAD}    upstreams: [{{ addr: \"127.0.0.1:9\" }}]\n");
+        assert_eq!(located(&yaml), []);
+    }
+
+    #[test]
+    fn a_key_problem_in_a_file_used_for_both_points_at_key() {
+        let dir = std::env::temp_dir().join(format!("switchyard-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("both.pem");
+        // A certificate and no key: the reading succeeds, the key is missing.
+        let issued = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).unwrap();
+        std::fs::write(&pem, issued.cert.pem()).unwrap();
+        let yaml = "listeners:\n  - name: a\n    bind: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - { cert: both.pem, key: both.pem }\nroutes:\n  - name: r\n    pool: p\npools:\n  - name: p\n    upstreams: [{ addr: \"127.0.0.1:9\" }]\n";
+        let file = dir.join("t.yaml");
+        let config = config::parse(&file, yaml).unwrap();
+        let errors = build_errors(&config);
+        let _ = std::fs::remove_dir_all(&dir);
+        let at: Vec<_> = errors
+            .iter()
+            .map(|e| e.locate(&config, &file, yaml))
+            .collect();
+        assert_eq!(at.len(), 1, "{at:?}");
+        assert!(
+            at[0].message.contains("no private key found"),
+            "{}",
+            at[0].message
+        );
+        assert_eq!((at[0].line, at[0].col), (6, 34), "{}", at[0].message);
     }
 }

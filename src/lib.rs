@@ -20,6 +20,7 @@
 //! - [`discovery`]: DNS re-resolution and etcd discovery, following membership without reloads.
 //! - [`admin`]: the admin API and dashboard on `admin.bind`, on a thread of its own.
 //! - [`config`]: the file -> validated `Config` pipeline and `switchyard check`.
+//! - [`check`]: what building the snapshot would refuse, positioned, and found by `check`.
 //! - [`reload`]: file watch, SIGHUP and admin reloads through one function; listener lifecycle.
 //! - [`demo`]: the three built-in demo backends of `switchyard demo`.
 
@@ -27,6 +28,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod discovery;
@@ -57,9 +59,14 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The config is valid but could not be turned into a running snapshot.
+    /// The config is valid but could not be turned into a running snapshot (an in-memory
+    /// config; with a config file, see `Located`).
     #[error("cannot build the running config")]
     Build(#[from] BuildError),
+    /// As `Build`, positioned at the value in the config file it refuses:
+    /// `FILE:LINE:COL: message`.
+    #[error("{0}")]
+    Located(config::ConfigError),
     /// A listener's address could not be bound.
     #[error("listener {name:?}: cannot bind {addr}")]
     Bind {
@@ -135,9 +142,19 @@ impl Server {
         metrics::install();
         // The admin listener is bound once, at start; a reload does not move it.
         let admin_config = config.admin.clone();
-        let snapshot = tokio::task::spawn_blocking(move || Snapshot::build(config, None))
-            .await
-            .expect("snapshot build does not panic")?;
+        // Kept to position a build error in the file (see `check`).
+        let built_from = options
+            .config_path
+            .clone()
+            .map(|path| (path, config.clone()));
+        let snapshot = tokio::task::spawn_blocking(move || {
+            Snapshot::build(config, None).map_err(|error| match built_from {
+                Some((path, config)) => StartError::Located(error.locate_in(&config, &path)),
+                None => StartError::Build(error),
+            })
+        })
+        .await
+        .expect("snapshot build does not panic")?;
         let shared = Arc::new(Shared::new(snapshot));
         // Checks start in the reloader's `after_swap`, which `start` runs for this snapshot.
         let checks = shared.checkers.drop_guard();

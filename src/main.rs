@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use switchyard::config::{self, Config, Workers};
 use switchyard::reload::{Reloader, Trigger};
-use switchyard::{demo, Server, ServerOptions};
+use switchyard::{demo, Server, ServerOptions, StartError};
 
 /// A load-balancing HTTP reverse proxy driven by one YAML file.
 #[derive(Debug, Parser)]
@@ -80,9 +80,9 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// `switchyard check`: like `nginx -t`.
+/// `switchyard check`: like `nginx -t`, it also resolves hostnames and reads certificates.
 fn check(path: &Path) -> ExitCode {
-    match config::load(path) {
+    match switchyard::check::check(path) {
         Ok(config) => {
             println!("{}", config.summary(path));
             ExitCode::SUCCESS
@@ -139,7 +139,10 @@ fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
         };
         let server = Server::start_with(config, options)
             .await
-            .map_err(|e| anyhow::anyhow!(switchyard::error_chain(&e)))?;
+            .map_err(|e| match e {
+                StartError::Located(error) => anyhow::anyhow!("invalid config:\n{error}"),
+                e => anyhow::anyhow!(switchyard::error_chain(&e)),
+            })?;
         tracing::info!(workers, "switchyard running");
         if let Some(hup) = hup {
             tokio::spawn(reload_on_sighup(hup, server.reloader().clone()));

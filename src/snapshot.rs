@@ -288,7 +288,7 @@ fn route(r: &RouteConfig, pools: &HashMap<String, usize>, built: &[Arc<Pool>]) -
 }
 
 /// Every address the hostname upstream `addr` resolves to, sorted (blocking: `getaddrinfo`).
-fn resolve(pool: &str, addr: &str) -> Result<Vec<SocketAddr>, BuildError> {
+pub(crate) fn resolve(pool: &str, addr: &str) -> Result<Vec<SocketAddr>, BuildError> {
     let err = |source| BuildError::Resolve {
         pool: pool.to_owned(),
         addr: addr.to_owned(),

@@ -13,7 +13,8 @@
 //! - `units.rs`: durations, sizes, addresses and their serde glue;
 //! - `validate.rs`: the semantic rules;
 //! - `error.rs`: [`ConfigError`] and [`ConfigErrors`];
-//! - `locate.rs`: key path -> line and column, for the semantic errors.
+//! - `locate.rs`: key path -> line and column, for the semantic errors and, through
+//!   [`locate`], for the errors found later, while the running snapshot is built.
 
 mod error;
 mod file;
@@ -32,10 +33,17 @@ pub use file::*;
 pub(crate) use units::{format_duration, parse_duration};
 pub use validate::{MAX_RETRIES, MIN_HEADER_BYTES};
 
-use locate::Pos;
+pub(crate) use locate::Seg;
+use locate::{Locator, Pos};
 
 /// Reads and validates the file; every error is positioned.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    parse(path, &read(path)?)
+}
+
+/// Reads the file as UTF-8 text, for [`parse`]; keep the text to position later errors with
+/// [`locate`].
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
     let start = |message: String| ConfigError::new(path, Pos::START, message);
     let bytes = std::fs::read(path).map_err(|err| {
         let hint = match err.kind() {
@@ -57,7 +65,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         );
         ConfigError::new(path, Pos { line, col }, message)
     })?;
-    parse(path, &text)
+    Ok(text)
 }
 
 /// Validates text already read; `path` is used in messages and to resolve relative paths.
@@ -73,6 +81,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     validate::validate(path, text, &mut config)?;
     config.resolve_paths(path.parent().unwrap_or(Path::new("")));
     Ok(config)
+}
+
+/// A problem found after [`parse`] (while building the running snapshot), positioned at the
+/// value `key_path` names in `text`, the text of `path` the config was parsed from.
+pub(crate) fn locate(
+    path: &Path,
+    text: &str,
+    key_path: &[Seg<'_>],
+    message: impl Into<String>,
+) -> ConfigError {
+    ConfigError::new(path, Locator::new(text).find(key_path), message)
 }
 
 /// Positions a serde error and drops the " at line L column C" its message repeats.

@@ -32,7 +32,7 @@ use std::time::SystemTime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::config::{self, ConfigErrors};
+use crate::config::{self, ConfigError, ConfigErrors};
 use crate::snapshot::{BuildError, Shared, Snapshot};
 use crate::{error_chain, StartError};
 pub(crate) use listeners::ListenerSet;
@@ -77,9 +77,10 @@ pub enum ReloadError {
     /// The file is unreadable or invalid; every error is `FILE:LINE:COL: message`.
     #[error("{0}")]
     Config(ConfigErrors),
-    /// The config is valid but could not be built into a snapshot (DNS, access log, TLS).
-    #[error(transparent)]
-    Build(#[from] BuildError),
+    /// The config is valid but could not be built into a snapshot (DNS, access log, TLS):
+    /// the [`BuildError`] positioned in the new file, `FILE:LINE:COL: message`.
+    #[error("{0}")]
+    Build(ConfigError),
     /// A listener the new config adds could not be bound or is not supported.
     #[error(transparent)]
     Listener(#[from] StartError),
@@ -220,7 +221,13 @@ impl Reloader {
         }
         let path = self.inner.path.clone().ok_or(ReloadError::NoConfigFile)?;
         let current = self.inner.shared.snapshot();
-        let config = blocking(move || config::load(&path)).await?;
+        // The text is kept to position a build error in this file, not in a later write.
+        let read_from = path.clone();
+        let (config, text) = blocking(move || {
+            let text = config::read(&read_from)?;
+            config::parse(&read_from, &text).map(|config| (config, text))
+        })
+        .await?;
         let admin_bind = |c: &config::Config| c.admin.as_ref().map(|a| a.bind);
         if admin_bind(&config) != admin_bind(&current.config) {
             return Err(ReloadError::AdminBind);
@@ -231,7 +238,13 @@ impl Reloader {
             return Ok(current.generation);
         }
         let previous = current.clone();
-        let next = blocking(move || Snapshot::build(config, Some(&previous))).await?;
+        let next = blocking(move || {
+            let built_from = config.clone();
+            Snapshot::build(config, Some(&previous)).map_err(|error: BuildError| {
+                ReloadError::Build(error.locate(&built_from, &path, &text))
+            })
+        })
+        .await?;
         if same_config && same_listener_material(&current, &next) {
             return Ok(current.generation);
         }

@@ -9,6 +9,7 @@ mod access_log;
 mod admin;
 mod admin_reload;
 mod balancing;
+mod build_errors;
 mod cli;
 mod discovery;
 mod errors;

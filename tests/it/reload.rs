@@ -325,6 +325,8 @@ async fn a_listener_added_by_reload_accepts_and_a_removed_one_stops() {
 
     std::fs::write(&path, routed_to(a.addr, "2", &extra_listener("extra", 0))).unwrap();
     wait_generation(&server, 2).await;
+    // Listeners are started and stopped just after the snapshot swap the generation shows.
+    support::eventually("extra is bound", || server.listener_addr("extra").is_some()).await;
     let extra = server.listener_addr("extra").expect("extra is bound");
     let mut kept = Client::connect(extra).await;
     assert_eq!(kept.get("x", "/").await.text(), "a");
@@ -333,7 +335,10 @@ async fn a_listener_added_by_reload_accepts_and_a_removed_one_stops() {
 
     std::fs::write(&path, routed_to(a.addr, "3", "")).unwrap();
     wait_generation(&server, 3).await;
-    assert!(server.listener_addr("extra").is_none());
+    support::eventually("extra is unbound", || {
+        server.listener_addr("extra").is_none()
+    })
+    .await;
     let deadline = Instant::now() + DEADLINE;
     while tokio::net::TcpStream::connect(extra).await.is_ok() {
         assert!(Instant::now() < deadline, "{extra} still accepts");

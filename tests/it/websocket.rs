@@ -146,12 +146,13 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle_timeout() {
 #[tokio::test]
 async fn traffic_keeps_a_tunnel_open_past_its_idle_timeout() {
     let server = EchoServer::start().await;
-    let yaml = ws_config(server.addr, "    tunnel_idle_timeout: 300ms\n");
+    let yaml = ws_config(server.addr, "    tunnel_idle_timeout: 1s\n");
     let proxy = Proxy::start(&yaml).await;
     let mut ws = ws_connect(proxy.addr).await;
-    // Ten round trips 100ms apart: one second in all, each gap well under the timeout.
+    // Fifteen round trips 100ms apart: 1.5 s in all, past the timeout, while each gap stays
+    // far under it even when a loaded machine delays this test for a while.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    for i in 0..10 {
+    for i in 0..15 {
         tick.tick().await;
         ws.send(Message::text(format!("m{i}"))).await.unwrap();
         assert_eq!(next(&mut ws).await, Some(Message::text(format!("m{i}"))));

@@ -11,6 +11,7 @@ mod admin_reload;
 mod balancing;
 mod build_errors;
 mod cli;
+mod cookies;
 mod discovery;
 mod errors;
 mod forwarding;

@@ -204,8 +204,9 @@ pub(super) async fn watchdog(
 /// section 4 wants every proxy answer to say what it is and to be counted. Such a write is
 /// recognised by its shape (`HTTP/1.1 400`/`431` with `content-length: 0`) at a moment when
 /// no request is being served but a head arrived that never became one, and is replaced by
-/// the same status with a `text/plain` body, `connection: close`, counted in
-/// `switchyard_requests_total` with `route=""` and `pool=""`.
+/// the same status with a `text/plain` body, `connection: close` and a fresh `x-request-id`
+/// (SPEC section 4: every answer carries one), counted in `switchyard_requests_total` with
+/// `route=""` and `pool=""`.
 #[derive(Debug)]
 pub(super) struct WatchedIo<S> {
     inner: S,
@@ -217,6 +218,8 @@ pub(super) struct WatchedIo<S> {
     pending: Option<(Vec<u8>, usize)>,
     /// Bytes read ahead of a short read (see [`READ_AHEAD`]), and how many were handed out.
     stash: Option<(Box<[u8]>, usize)>,
+    /// Where replacement answers take their `x-request-id` (see [`WatchedIo::with_request_ids`]).
+    shared: Option<Arc<crate::snapshot::Shared>>,
 }
 
 /// A read asking for fewer bytes than this reads up to [`READ_AHEAD`] bytes from the socket
@@ -237,7 +240,14 @@ impl<S> WatchedIo<S> {
             listener,
             pending: None,
             stash: None,
+            shared: None,
         }
+    }
+
+    /// Gives replacement answers an `x-request-id` from `shared`'s generator.
+    pub(super) fn with_request_ids(mut self, shared: Arc<crate::snapshot::Shared>) -> WatchedIo<S> {
+        self.shared = Some(shared);
+        self
     }
 
     /// The full answer to write instead of `data`, when `data` is hyper's bodiless refusal.
@@ -267,9 +277,12 @@ impl<S> WatchedIo<S> {
             return None;
         }
         crate::metrics::record_request(&self.listener, None, status, Duration::ZERO);
+        let id = self.shared.as_ref().map(|shared| shared.request_ids.next());
+        let id = id.as_ref().and_then(|id| id.to_str().ok());
+        let id_line = id.map_or(String::new(), |id| format!("x-request-id: {id}\r\n"));
         Some(
             format!(
-                "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n{id_line}\r\n{text}",
                 text.len()
             )
             .into_bytes(),

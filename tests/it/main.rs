@@ -20,6 +20,7 @@ mod health;
 mod limits;
 mod metrics;
 mod reload;
+mod request_id;
 mod routing;
 mod signals;
 mod tls;

@@ -202,7 +202,8 @@ pub(super) async fn watchdog(
 /// reaches the proxy: `431` for a head past `max_header_bytes` and `400` for a head it cannot
 /// parse (obs-fold, a bad `Content-Length`, ...). hyper writes them with an empty body; SPEC
 /// section 4 wants every proxy answer to say what it is and to be counted. Such a write is
-/// recognised by its shape (`HTTP/1.1 400`/`431` with `content-length: 0`) at a moment when
+/// recognised by its shape (`HTTP/1.1 400`/`431` with `content-length: 0` and, unlike every
+/// answer of the proxy's service, no `x-request-id`) at a moment when
 /// no request is being served but a head arrived that never became one, and is replaced by
 /// the same status with a `text/plain` body, `connection: close` and a fresh `x-request-id`
 /// (SPEC section 4: every answer carries one), counted in `switchyard_requests_total` with
@@ -229,6 +230,8 @@ pub(super) struct WatchedIo<S> {
 const SHORT_READ: usize = 512;
 /// Most bytes read ahead of a short read (on the stack; only the surplus is copied out).
 const READ_AHEAD: usize = 4096;
+/// The start of the `x-request-id` line that every answer of the proxy's service has.
+const X_REQUEST_ID: &[u8] = b"x-request-id:";
 
 impl<S> WatchedIo<S> {
     /// Wraps `inner`, a connection of `listener`.
@@ -273,7 +276,14 @@ impl<S> WatchedIo<S> {
         let bodiless = head
             .split("\r\n")
             .any(|line| line.eq_ignore_ascii_case("content-length: 0"));
-        if !bodiless || head_end != data.len() {
+        // Every answer of the proxy's service carries `x-request-id`; hyper's refusals do
+        // not. The counters alone cannot tell them apart when the next head is pipelined: a
+        // bodiless upstream 400 ends its request (the guard drops) before hyper writes it.
+        let from_service = head.split("\r\n").any(|line| {
+            line.len() > X_REQUEST_ID.len()
+                && line.as_bytes()[..X_REQUEST_ID.len()].eq_ignore_ascii_case(X_REQUEST_ID)
+        });
+        if !bodiless || from_service || head_end != data.len() {
             return None;
         }
         crate::metrics::record_request(&self.listener, None, status, Duration::ZERO);

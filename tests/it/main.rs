@@ -19,6 +19,7 @@ mod grpc;
 mod health;
 mod limits;
 mod metrics;
+mod pipelining;
 mod reload;
 mod request_id;
 mod routing;

@@ -405,8 +405,14 @@ async fn serve_http<S>(
             }
             Expiry::Idle => {
                 conn.as_mut().graceful_shutdown();
+                // HTTP/1 closes at once; HTTP/2 sends GOAWAY and a PING and waits for the
+                // peer's answer, which a stalled client never sends: bound that wait.
                 tokio::select! {
                     result = conn.as_mut() => result,
+                    () = tokio::time::sleep(limits.header_timeout) => {
+                        tracing::debug!(%client, "idle connection did not finish closing; dropping it");
+                        return;
+                    }
                     () = signals.abort.cancelled() => return,
                 }
             }

@@ -202,10 +202,12 @@ pub(super) async fn watchdog(
 /// reaches the proxy: `431` for a head past `max_header_bytes` and `400` for a head it cannot
 /// parse (obs-fold, a bad `Content-Length`, ...). hyper writes them with an empty body; SPEC
 /// section 4 wants every proxy answer to say what it is and to be counted. Such a write is
-/// recognised by its shape (`HTTP/1.1 400`/`431` with `content-length: 0`) at a moment when
+/// recognised by its shape (`HTTP/1.1 400`/`431` with `content-length: 0` and, unlike every
+/// answer of the proxy's service, no `x-request-id`) at a moment when
 /// no request is being served but a head arrived that never became one, and is replaced by
-/// the same status with a `text/plain` body, `connection: close`, counted in
-/// `switchyard_requests_total` with `route=""` and `pool=""`.
+/// the same status with a `text/plain` body, `connection: close` and a fresh `x-request-id`
+/// (SPEC section 4: every answer carries one), counted in `switchyard_requests_total` with
+/// `route=""` and `pool=""`.
 #[derive(Debug)]
 pub(super) struct WatchedIo<S> {
     inner: S,
@@ -217,6 +219,8 @@ pub(super) struct WatchedIo<S> {
     pending: Option<(Vec<u8>, usize)>,
     /// Bytes read ahead of a short read (see [`READ_AHEAD`]), and how many were handed out.
     stash: Option<(Box<[u8]>, usize)>,
+    /// Where replacement answers take their `x-request-id` (see [`WatchedIo::with_request_ids`]).
+    shared: Option<Arc<crate::snapshot::Shared>>,
 }
 
 /// A read asking for fewer bytes than this reads up to [`READ_AHEAD`] bytes from the socket
@@ -226,6 +230,8 @@ pub(super) struct WatchedIo<S> {
 const SHORT_READ: usize = 512;
 /// Most bytes read ahead of a short read (on the stack; only the surplus is copied out).
 const READ_AHEAD: usize = 4096;
+/// The start of the `x-request-id` line that every answer of the proxy's service has.
+const X_REQUEST_ID: &[u8] = b"x-request-id:";
 
 impl<S> WatchedIo<S> {
     /// Wraps `inner`, a connection of `listener`.
@@ -237,7 +243,14 @@ impl<S> WatchedIo<S> {
             listener,
             pending: None,
             stash: None,
+            shared: None,
         }
+    }
+
+    /// Gives replacement answers an `x-request-id` from `shared`'s generator.
+    pub(super) fn with_request_ids(mut self, shared: Arc<crate::snapshot::Shared>) -> WatchedIo<S> {
+        self.shared = Some(shared);
+        self
     }
 
     /// The full answer to write instead of `data`, when `data` is hyper's bodiless refusal.
@@ -263,13 +276,23 @@ impl<S> WatchedIo<S> {
         let bodiless = head
             .split("\r\n")
             .any(|line| line.eq_ignore_ascii_case("content-length: 0"));
-        if !bodiless || head_end != data.len() {
+        // Every answer of the proxy's service carries `x-request-id`; hyper's refusals do
+        // not. The counters alone cannot tell them apart when the next head is pipelined: a
+        // bodiless upstream 400 ends its request (the guard drops) before hyper writes it.
+        let from_service = head.split("\r\n").any(|line| {
+            line.len() > X_REQUEST_ID.len()
+                && line.as_bytes()[..X_REQUEST_ID.len()].eq_ignore_ascii_case(X_REQUEST_ID)
+        });
+        if !bodiless || from_service || head_end != data.len() {
             return None;
         }
         crate::metrics::record_request(&self.listener, None, status, Duration::ZERO);
+        let id = self.shared.as_ref().map(|shared| shared.request_ids.next());
+        let id = id.as_ref().and_then(|id| id.to_str().ok());
+        let id_line = id.map_or(String::new(), |id| format!("x-request-id: {id}\r\n"));
         Some(
             format!(
-                "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n{id_line}\r\n{text}",
                 text.len()
             )
             .into_bytes(),

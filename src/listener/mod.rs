@@ -365,6 +365,7 @@ async fn serve_http<S>(
 {
     let client = ctx.client;
     let listener = ctx.listener.clone();
+    let shared = ctx.shared.clone();
     let ctx = Arc::new(ctx);
     let requests = activity.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -378,7 +379,8 @@ async fn serve_http<S>(
             Ok::<_, Infallible>(response.map(|body| body.with_request_guard(guard)))
         }
     });
-    let io = TokioIo::new(WatchedIo::new(stream, activity.clone(), listener));
+    let io = WatchedIo::new(stream, activity.clone(), listener).with_request_ids(shared);
+    let io = TokioIo::new(io);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout);
@@ -403,8 +405,14 @@ async fn serve_http<S>(
             }
             Expiry::Idle => {
                 conn.as_mut().graceful_shutdown();
+                // HTTP/1 closes at once; HTTP/2 sends GOAWAY and a PING and waits for the
+                // peer's answer, which a stalled client never sends: bound that wait.
                 tokio::select! {
                     result = conn.as_mut() => result,
+                    () = tokio::time::sleep(limits.header_timeout) => {
+                        tracing::debug!(%client, "idle connection did not finish closing; dropping it");
+                        return;
+                    }
                     () = signals.abort.cancelled() => return,
                 }
             }

@@ -55,6 +55,30 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Joins several `Cookie` fields into one, separated by `"; "`, in order.
+///
+/// HTTP/2 clients send each cookie as its own field; RFC 9113 section 8.2.3 requires joining
+/// them before the request goes on over HTTP/1.1, where only one `Cookie` line is allowed
+/// (RFC 6265 section 5.4). Allocates only when there are at least two.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let values = headers.get_all(header::COOKIE);
+    let len: usize = values.iter().map(|v| v.len() + 2).sum();
+    let mut joined = Vec::with_capacity(len);
+    for value in values {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112 section 3.2: a server MUST
 /// answer 400 otherwise); HTTP/1.0 may omit it and HTTP/2 uses `:authority`.
 pub fn has_invalid_host(version: http::Version, headers: &HeaderMap) -> bool {
@@ -194,6 +218,20 @@ fn hex(out: &mut [u8], v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookies_are_joined_in_order_only_when_there_are_several() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1");
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
+    }
 
     #[test]
     fn connection_named_headers_and_fixed_hop_headers_are_removed() {

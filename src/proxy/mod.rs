@@ -315,6 +315,9 @@ fn rewrite_request(
     if strip.is_some() || parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         parts.uri = upstream_uri(&parts.uri, strip.unwrap_or(0))?;
     }
+    if parts.version == Version::HTTP_2 && protocol == Protocol::Http1 {
+        headers::join_cookies(&mut parts.headers);
+    }
     // The connection sets HTTP/2 itself for `protocol: h2` pools.
     parts.version = Version::HTTP_11;
     Ok(())

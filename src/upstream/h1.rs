@@ -180,7 +180,7 @@ impl Conn {
     ) -> Result<Response<Body>, SendError> {
         let (parts, mut body) = req.into_parts();
         let empty = body.is_end_stream();
-        let framing = encode_head(&mut self.wbuf, &parts, &body);
+        let framing = encode_head(&mut self.wbuf, &parts, empty, body.size_hint().exact());
         let head_only = self.wbuf.len();
         // What of the body has already arrived goes out in the same write as the head, up to
         // a small size; waiting for more would hold back the head (and an early answer).
@@ -427,6 +427,11 @@ impl Conn {
             }
             headers.append(name, value);
         }
+        if chunked || other_coding {
+            // Transfer-Encoding overrides Content-Length, and a proxy must not pass on the
+            // received one (RFC 9112 section 6.3): the two could disagree downstream.
+            headers.remove(header::CONTENT_LENGTH);
+        }
         if http10 && !keep_alive {
             reusable = false;
         }
@@ -537,8 +542,14 @@ enum ReqFraming {
     Chunked,
 }
 
-/// Writes the request head into `out` (cleared first) and says how the body is framed.
-fn encode_head(out: &mut Vec<u8>, parts: &request::Parts, body: &RequestBody) -> ReqFraming {
+/// Writes the request head into `out` (cleared first) and says how the body is framed:
+/// `empty` when the body has ended already, `exact` its size when known.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &request::Parts,
+    empty: bool,
+    exact: Option<u64>,
+) -> ReqFraming {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -557,12 +568,12 @@ fn encode_head(out: &mut Vec<u8>, parts: &request::Parts, body: &RequestBody) ->
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let framing = if body.is_end_stream() {
+    let framing = if empty {
         if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         ReqFraming::None
-    } else if let Some(n) = body.size_hint().exact() {
+    } else if let Some(n) = exact {
         // Writing into a `Vec` cannot fail.
         let _ = write!(out, "content-length: {n}\r\n");
         ReqFraming::Length(n)
@@ -973,5 +984,269 @@ impl IdlePool {
     /// Number of idle connections (status pages and tests).
     pub(crate) fn len(&self) -> usize {
         self.list.lock().map_or(0, |l| l.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::upstream::Source;
+
+    fn head(req: http::request::Builder, empty: bool, exact: Option<u64>) -> (String, ReqFraming) {
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        let mut out = Vec::new();
+        let framing = encode_head(&mut out, &parts, empty, exact);
+        (String::from_utf8(out).unwrap(), framing)
+    }
+
+    #[test]
+    fn request_heads_frame_the_body_by_method_and_size() {
+        let (text, framing) = head(
+            Request::get("http://a/p?q=1").header("x-a", "1"),
+            true,
+            None,
+        );
+        assert_eq!(text, "GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\n\r\n");
+        assert_eq!(framing, ReqFraming::None);
+        let (text, _) = head(Request::post("/"), true, None);
+        assert_eq!(text, "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        let (text, framing) = head(
+            Request::put("/u").header("content-length", "9"),
+            false,
+            Some(5),
+        );
+        assert_eq!(text, "PUT /u HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(framing, ReqFraming::Length(5));
+        let (text, framing) = head(
+            Request::post("/c")
+                .header("transfer-encoding", "chunked")
+                .header("cookie", "a")
+                .header("cookie", "b"),
+            false,
+            None,
+        );
+        assert_eq!(
+            text,
+            "POST /c HTTP/1.1\r\ncookie: a\r\ncookie: b\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(framing, ReqFraming::Chunked);
+    }
+
+    #[test]
+    fn chunk_sizes_and_lengths_are_parsed_strictly() {
+        assert_eq!(parse_chunk_size(b"1a"), Some(26));
+        assert_eq!(parse_chunk_size(b"10;ext=1"), Some(16));
+        assert_eq!(parse_chunk_size(b"0"), Some(0));
+        assert_eq!(parse_chunk_size(b""), None);
+        assert_eq!(parse_chunk_size(b"-1"), None);
+        assert_eq!(parse_chunk_size(b"1x"), None);
+        assert_eq!(parse_chunk_size(b"1234567890abcdef0"), None, "overflow");
+        assert_eq!(parse_length(b"42"), Some(42));
+        assert_eq!(parse_length(b"+4"), None);
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn interim_heads_are_skipped_and_oversized_ones_refused() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"[..]);
+        assert_eq!(final_head_len(&mut buf).unwrap(), Some(19));
+        assert!(buf.starts_with(b"HTTP/1.1 200"));
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: 1\r\n"[..]);
+        assert_eq!(final_head_len(&mut partial).unwrap(), None);
+        let mut many = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(final_head_len(&mut many).is_err());
+    }
+
+    /// A one-connection upstream that answers each request head with the next of `answers`,
+    /// then closes.
+    async fn upstream(answers: Vec<Vec<u8>>) -> Arc<Upstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for answer in answers {
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.clear();
+                if sock.write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Arc::new(Upstream::new(addr, 1, Source::Static))
+    }
+
+    async fn connect(upstream: &Upstream) -> Conn {
+        Conn::new(Io::Plain(TcpStream::connect(upstream.addr).await.unwrap()))
+    }
+
+    async fn get(
+        conn: Conn,
+        method: Method,
+        up: &Arc<Upstream>,
+    ) -> Result<Response<Body>, SendError> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = method;
+        conn.send(req, up).await
+    }
+
+    fn error_of(result: Result<Response<Body>, SendError>) -> String {
+        match result {
+            Err(SendError::Failed(e)) => crate::error_chain(&e),
+            Err(SendError::NotSent(_)) => "not sent".into(),
+            Ok(r) => panic!("expected an error, got {}", r.status()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sized_body_is_read_and_the_connection_pooled() {
+        let up = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+        ])
+        .await;
+        let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+        assert_eq!(response.version(), Version::HTTP_11);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        assert_eq!(up.h1_idle.len(), 1, "read to its end: pooled");
+        let conn = up.h1_idle.pop().unwrap();
+        let response = get(conn, Method::GET, &up).await.unwrap();
+        assert_eq!(response.status(), 204);
+        assert!(response.body().is_end_stream());
+        assert_eq!(up.h1_idle.len(), 1, "a bodyless answer pools at once");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_with_trailers_is_decoded() {
+        let up = upstream(vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\
+            Transfer-Encoding: gzip, chunked\r\nContent-Length: 99\r\n\r\n3;x=y\r\nhel\r\n2\r\nlo\r\n0\r\nx-sum: 9\r\n\r\n"
+            .to_vec()])
+        .await;
+        let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(!response.headers().contains_key("content-length"));
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "9");
+        assert_eq!(collected.to_bytes(), "hello");
+        assert_eq!(up.h1_idle.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_eof_bodies_and_http10_are_not_pooled() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ] {
+            let up = upstream(vec![answer.to_vec()]).await;
+            let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(!body.is_empty());
+            assert_eq!(up.h1_idle.len(), 0, "{}", String::from_utf8_lossy(answer));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_answer_has_no_body() {
+        let up = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec()
+        ])
+        .await;
+        let response = get(connect(&up).await, Method::HEAD, &up).await.unwrap();
+        assert_eq!(response.headers()["content-length"], "5");
+        assert!(response.body().is_end_stream());
+        assert_eq!(up.h1_idle.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_fail_the_exchange() {
+        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for _ in 0..50 {
+            huge.extend_from_slice(format!("x-big: {}\r\n", "v".repeat(1400)).as_bytes());
+        }
+        huge.extend_from_slice(b"\r\n");
+        for (answer, want) in [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+                "differing",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(),
+                "content-length",
+            ),
+            (b"NOT HTTP\r\n\r\n".to_vec(), "invalid response head"),
+            (huge, "too large"),
+        ] {
+            let up = upstream(vec![answer]).await;
+            let error = error_of(get(connect(&up).await, Method::GET, &up).await);
+            assert!(error.contains(want), "{error}");
+        }
+        let up = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n".to_vec(),
+        ])
+        .await;
+        let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+        assert!(response.into_body().collect().await.is_err());
+        assert_eq!(up.h1_idle.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_before_answering_gives_the_request_back() {
+        let up = upstream(vec![]).await;
+        let mut conn = connect(&up).await;
+        conn.reused = true;
+        assert_eq!(error_of(get(conn, Method::GET, &up).await), "not sent");
+        let up = upstream(vec![]).await;
+        let error = error_of(get(connect(&up).await, Method::GET, &up).await);
+        assert!(
+            error.contains("closed"),
+            "a fresh connection's close is an error: {error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn checkout_skips_a_pooled_connection_the_upstream_closed() {
+        let up = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()
+        ])
+        .await;
+        let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+        assert!(response.body().is_end_stream());
+        assert_eq!(up.h1_idle.len(), 1);
+        // The test upstream closes after its last answer.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while up
+            .h1_idle
+            .list
+            .lock()
+            .unwrap()
+            .last_mut()
+            .is_some_and(|(c, _)| c.is_open())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream's close was never seen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(up.h1_idle.pop().is_none());
     }
 }

@@ -139,8 +139,11 @@ impl AsyncWrite for Io {
 #[derive(Debug)]
 pub struct Conn {
     io: Io,
-    /// Bytes read and not yet consumed; empty (no allocation) while idle.
+    /// Bytes read and not yet consumed; empty while idle, and small (at most
+    /// [`INITIAL_READ`]) or unallocated.
     rbuf: BytesMut,
+    /// Whether `rbuf` was grown past [`INITIAL_READ`].
+    rbuf_big: bool,
     /// The request head (and a small body) being written.
     wbuf: Vec<u8>,
     /// Whether it came from the idle list (then a close before any answer is not an error).
@@ -154,6 +157,7 @@ impl Conn {
         Conn {
             io,
             rbuf: BytesMut::new(),
+            rbuf_big: false,
             wbuf: Vec::new(),
             reused: false,
         }
@@ -303,7 +307,7 @@ impl Conn {
     ) -> Poll<Result<bool, Error>> {
         loop {
             // An answer while the body is still going out ends the sending.
-            match poll_fill(&mut self.io, &mut self.rbuf, cx, INITIAL_READ) {
+            match poll_fill(self, cx, INITIAL_READ) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::Incomplete)),
                 Poll::Ready(Ok(_)) => {
                     if has_final_head(&mut self.rbuf)? {
@@ -356,7 +360,7 @@ impl Conn {
             if self.rbuf.len() >= MAX_HEAD {
                 return Poll::Ready(Err(Error::Parse("response head too large")));
             }
-            match ready!(poll_fill(&mut self.io, &mut self.rbuf, cx, INITIAL_READ)) {
+            match ready!(poll_fill(self, cx, INITIAL_READ)) {
                 Ok(0) => return Poll::Ready(Err(Error::Incomplete)),
                 Ok(_) => {}
                 Err(e) if self.rbuf.is_empty() => {
@@ -471,7 +475,12 @@ impl Conn {
 
     /// Readies the connection for the idle list: an empty read buffer, a small head buffer.
     fn idle(&mut self) {
-        self.rbuf = BytesMut::new();
+        // A small read buffer stays for the next exchange (its allocation is reused once the
+        // last response's slices are dropped); one grown for a large head or body goes.
+        if self.rbuf_big {
+            self.rbuf = BytesMut::new();
+            self.rbuf_big = false;
+        }
         if self.wbuf.capacity() > IDLE_HEAD_BUFFER {
             self.wbuf = Vec::new();
         }
@@ -483,17 +492,16 @@ fn failed(error: Error) -> SendError {
     SendError::Failed(super::ClientError::H1(error))
 }
 
-/// Reads more bytes into `buf`, reserving at least `want` free bytes first.
-fn poll_fill(
-    io: &mut Io,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-    want: usize,
-) -> Poll<io::Result<usize>> {
+/// Reads more bytes into the connection's read buffer, reserving `want` free bytes first
+/// when fewer than that (at most [`INITIAL_READ`]) are free. Once every slice handed out of
+/// the buffer is dropped, `reserve` reuses its allocation in place.
+fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+    let buf = &mut conn.rbuf;
     if buf.capacity() - buf.len() < want.min(INITIAL_READ) {
         buf.reserve(want);
+        conn.rbuf_big |= want > INITIAL_READ || buf.len() + want > INITIAL_READ;
     }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+    tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, buf)
 }
 
 /// Drops complete interim (1xx other than 101) heads at the front of `buf`; the length of a
@@ -752,7 +760,7 @@ impl Body {
             let want = usize::try_from(max)
                 .unwrap_or(MAX_READ)
                 .clamp(INITIAL_READ, MAX_READ);
-            match ready!(poll_fill(&mut conn.io, &mut conn.rbuf, cx, want)) {
+            match ready!(poll_fill(conn, cx, want)) {
                 Ok(0) => return Poll::Ready(Ok(None)),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(Error::Io(e))),
@@ -777,7 +785,7 @@ impl Body {
             if conn.rbuf.len() > limit {
                 return Poll::Ready(Err(Error::Parse("chunk framing line too long")));
             }
-            match ready!(poll_fill(&mut conn.io, &mut conn.rbuf, cx, INITIAL_READ)) {
+            match ready!(poll_fill(conn, cx, INITIAL_READ)) {
                 Ok(0) => return Poll::Ready(Err(Error::Incomplete)),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(Error::Io(e))),
@@ -880,7 +888,7 @@ impl http_body::Body for Body {
                     if conn.rbuf.len() >= MAX_HEAD {
                         return this.fail(Error::Parse("trailer section too large"));
                     }
-                    match ready!(poll_fill(&mut conn.io, &mut conn.rbuf, cx, INITIAL_READ)) {
+                    match ready!(poll_fill(conn, cx, INITIAL_READ)) {
                         Ok(0) => return this.fail(Error::Incomplete),
                         Ok(_) => {}
                         Err(e) => return this.fail(Error::Io(e)),

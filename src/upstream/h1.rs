@@ -144,6 +144,10 @@ pub struct Conn {
     rbuf: BytesMut,
     /// Whether `rbuf` was grown past [`INITIAL_READ`].
     rbuf_big: bool,
+    /// How much the next response head read asks for: the last response's size when it had
+    /// a `Content-Length` (to [`MAX_READ`]), so a whole small-to-medium response comes in one
+    /// read; [`INITIAL_READ`] otherwise.
+    read_hint: usize,
     /// The request head (and a small body) being written.
     wbuf: Vec<u8>,
     /// Whether it came from the idle list (then a close before any answer is not an error).
@@ -158,6 +162,7 @@ impl Conn {
             io,
             rbuf: BytesMut::new(),
             rbuf_big: false,
+            read_hint: INITIAL_READ,
             wbuf: Vec::new(),
             reused: false,
         }
@@ -360,7 +365,12 @@ impl Conn {
             if self.rbuf.len() >= MAX_HEAD {
                 return Poll::Ready(Err(Error::Parse("response head too large")));
             }
-            match ready!(poll_fill(self, cx, INITIAL_READ)) {
+            let want = if self.rbuf.is_empty() {
+                self.read_hint
+            } else {
+                INITIAL_READ
+            };
+            match ready!(poll_fill(self, cx, want)) {
                 Ok(0) => return Poll::Ready(Err(Error::Incomplete)),
                 Ok(_) => {}
                 Err(e) if self.rbuf.is_empty() => {
@@ -457,6 +467,13 @@ impl Conn {
         if matches!(framing, Framing::Eof) {
             reusable = false;
         }
+        self.read_hint = match framing {
+            Framing::Length(n) => usize::try_from(n)
+                .unwrap_or(MAX_READ)
+                .saturating_add(len)
+                .clamp(INITIAL_READ, MAX_READ),
+            _ => INITIAL_READ,
+        };
         let mut body = Body {
             conn: Some(self),
             framing,
@@ -493,11 +510,11 @@ fn failed(error: Error) -> SendError {
 }
 
 /// Reads more bytes into the connection's read buffer, reserving `want` free bytes first
-/// when fewer than that (at most [`INITIAL_READ`]) are free. Once every slice handed out of
+/// when fewer are free. Once every slice handed out of
 /// the buffer is dropped, `reserve` reuses its allocation in place.
 fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
     let buf = &mut conn.rbuf;
-    if buf.capacity() - buf.len() < want.min(INITIAL_READ) {
+    if buf.capacity() - buf.len() < want {
         buf.reserve(want);
         conn.rbuf_big |= want > INITIAL_READ || buf.len() + want > INITIAL_READ;
     }

@@ -43,6 +43,8 @@ const INITIAL_READ: usize = 4 * 1024;
 const MAX_READ: usize = 64 * 1024;
 /// At most this much of a request body is written together with its head.
 const SMALL_BODY: usize = 16 * 1024;
+/// How many idle connections per upstream may keep a read buffer grown for large responses.
+const KEEP_GROWN_IDLE: usize = 32;
 /// An idle connection keeps its head buffer only up to this capacity.
 const IDLE_HEAD_BUFFER: usize = 4 * 1024;
 
@@ -140,7 +142,7 @@ impl AsyncWrite for Io {
 pub struct Conn {
     io: Io,
     /// Bytes read and not yet consumed; empty while idle, and small (at most
-    /// [`INITIAL_READ`]) or unallocated.
+    /// [`INITIAL_READ`]) or unallocated unless among the first [`KEEP_GROWN_IDLE`] idle.
     rbuf: BytesMut,
     /// Whether `rbuf` was grown past [`INITIAL_READ`].
     rbuf_big: bool,
@@ -490,14 +492,19 @@ impl Conn {
         Ok(response)
     }
 
-    /// Readies the connection for the idle list: an empty read buffer, a small head buffer.
-    fn idle(&mut self) {
-        // A small read buffer stays for the next exchange (its allocation is reused once the
-        // last response's slices are dropped); one grown for a large head or body goes.
+    /// Drops a read buffer grown past [`INITIAL_READ`].
+    fn shrink(&mut self) {
         if self.rbuf_big {
             self.rbuf = BytesMut::new();
             self.rbuf_big = false;
         }
+    }
+
+    /// Readies the connection for the idle list: an empty read buffer, a small head buffer.
+    fn idle(&mut self) {
+        // The read buffer stays for the next exchange: its allocation is reused in place
+        // once the last response's slices are dropped (a grown one may be dropped by
+        // `IdlePool::push`).
         if self.wbuf.capacity() > IDLE_HEAD_BUFFER {
             self.wbuf = Vec::new();
         }
@@ -991,7 +998,7 @@ impl IdlePool {
         }
     }
 
-    fn push(&self, conn: Conn) {
+    fn push(&self, mut conn: Conn) {
         let now = Instant::now();
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         // The oldest sits at the front; drop it once stale so a shrunk pool closes sockets.
@@ -1002,6 +1009,12 @@ impl IdlePool {
             list.remove(0);
         }
         if list.len() < DEFAULT_MAX_IDLE_PER_UPSTREAM {
+            // Reallocating a 64 KiB buffer per large response costs more than the response's
+            // own work (allocator trims and page faults), so the first few idle connections
+            // keep theirs; past that, idle memory stays small.
+            if list.len() >= KEEP_GROWN_IDLE {
+                conn.shrink();
+            }
             list.push((conn, now));
         }
     }

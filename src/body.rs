@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::Pending;
 use crate::listener::RequestGuard;
-use crate::upstream::{Connection, InFlight};
+use crate::upstream::{h1, Connection, InFlight};
 
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,26 @@ pub enum BodyError {
     /// Reading from the client failed (it went away or sent a broken body).
     #[error("reading the client's body failed")]
     Client(#[source] hyper::Error),
+}
+
+/// Why an upstream's response body failed mid-way.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// hyper's client (HTTP/2, upgrades) reported it.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// Our own HTTP/1.1 client reported it.
+    #[error(transparent)]
+    H1(#[from] h1::Error),
+}
+
+/// An upstream's response body: from hyper's client or from our own HTTP/1.1 one.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// hyper's client (HTTP/2 pools, upgrades).
+    Hyper(Incoming),
+    /// Our HTTP/1.1 client (see `upstream::h1`).
+    H1(h1::Body),
 }
 
 /// A client's request body on its way upstream.
@@ -121,6 +141,7 @@ pub struct ResponseBody {
 enum Kind {
     Full(Option<Bytes>),
     Upstream(Incoming),
+    H1(h1::Body),
 }
 
 // === impl ResponseBody ===
@@ -132,8 +153,12 @@ impl ResponseBody {
     }
 
     /// The upstream's body, with the connection it arrives on and the request's in-flight guard.
-    pub fn upstream(body: Incoming, conn: Connection, in_flight: InFlight) -> ResponseBody {
-        let mut this = ResponseBody::new(Kind::Upstream(body));
+    pub fn upstream(body: UpstreamBody, conn: Connection, in_flight: InFlight) -> ResponseBody {
+        let kind = match body {
+            UpstreamBody::Hyper(body) => Kind::Upstream(body),
+            UpstreamBody::H1(body) => Kind::H1(body),
+        };
+        let mut this = ResponseBody::new(kind);
         this.conn = Some(conn);
         this.in_flight = Some(in_flight);
         this
@@ -182,16 +207,21 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
-            Kind::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+            Kind::Upstream(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(ResponseError::Hyper))
+            }
+            Kind::H1(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(ResponseError::H1))
+            }
         };
         match &polled {
             Some(Ok(frame)) => {
@@ -217,6 +247,7 @@ impl Body for ResponseBody {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(body) => body.size_hint(),
+            Kind::H1(body) => body.size_hint(),
         }
     }
 }
@@ -226,6 +257,7 @@ impl ResponseBody {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream(body) => body.is_end_stream(),
+            Kind::H1(body) => body.is_end_stream(),
         }
     }
 }

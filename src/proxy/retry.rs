@@ -21,7 +21,8 @@ use http_body::Body;
 use hyper::body::Incoming;
 
 use super::ProxyError;
-use crate::body::{BodyError, RequestBody};
+use crate::body::{BodyError, RequestBody, UpstreamBody};
+use crate::config::Protocol;
 use crate::upstream::client::SendError;
 use crate::upstream::health::Reason;
 use crate::upstream::{ClientError, Connection, InFlight, Pool, Upstream};
@@ -30,7 +31,7 @@ use crate::upstream::{ClientError, Connection, InFlight, Pool, Upstream};
 #[derive(Debug)]
 pub(crate) struct Forwarded {
     /// The upstream's response, body unread.
-    pub(crate) response: Response<Incoming>,
+    pub(crate) response: Response<UpstreamBody>,
     /// The connection the body arrives on; back to the pool once read to its end.
     pub(crate) conn: Connection,
     /// Keeps the upstream's in-flight count until the body is done.
@@ -208,8 +209,58 @@ enum Failure {
     Exchange(ClientError),
 }
 
-/// One request on one upstream: a pooled or new connection, then the exchange.
+/// One request on one upstream: our own HTTP/1.1 client for `http1` pools, hyper's for
+/// HTTP/2 pools and upgrade requests (tunnels need `hyper::upgrade::on`).
 async fn exchange(
+    upstream: &Arc<Upstream>,
+    pool: &Pool,
+    req: Request<RequestBody>,
+) -> Result<(Response<UpstreamBody>, Connection), Failure> {
+    if pool.protocol == Protocol::Http1 && !req.headers().contains_key(http::header::UPGRADE) {
+        return exchange_h1(upstream, pool, req).await;
+    }
+    exchange_hyper(upstream, pool, req)
+        .await
+        .map(|(response, conn)| (response.map(UpstreamBody::Hyper), conn))
+}
+
+/// [`exchange`] on our own HTTP/1.1 client: the same retry rules, the socket in the body.
+async fn exchange_h1(
+    upstream: &Arc<Upstream>,
+    pool: &Pool,
+    req: Request<RequestBody>,
+) -> Result<(Response<UpstreamBody>, Connection), Failure> {
+    let detached = || Connection::detached(upstream.clone());
+    let pooled = upstream.h1_idle.pop();
+    let reused = pooled.is_some();
+    let conn = match pooled {
+        Some(conn) => conn,
+        // Boxed for the size of the request's future, as in `Connector::checkout`.
+        None => match Box::pin(pool.connector.open_h1(upstream)).await {
+            Ok(conn) => conn,
+            Err(error) => return Err(Failure::Connect(error, Box::new(req))),
+        },
+    };
+    let req = match conn.send(req, upstream).await {
+        Ok(response) => return Ok((response.map(UpstreamBody::H1), detached())),
+        Err(SendError::Failed(error)) => return Err(Failure::Exchange(error)),
+        Err(SendError::NotSent(req)) if reused => req,
+        Err(SendError::NotSent(req)) => return Err(Failure::Connect(ClientError::Closed, req)),
+    };
+    // The pooled connection was closed as we used it: not a retry, a fresh connection.
+    let conn = match Box::pin(pool.connector.open_h1(upstream)).await {
+        Ok(conn) => conn,
+        Err(error) => return Err(Failure::Connect(error, req)),
+    };
+    match conn.send(*req, upstream).await {
+        Ok(response) => Ok((response.map(UpstreamBody::H1), detached())),
+        Err(SendError::Failed(error)) => Err(Failure::Exchange(error)),
+        Err(SendError::NotSent(req)) => Err(Failure::Connect(ClientError::Closed, req)),
+    }
+}
+
+/// [`exchange`] on hyper's client.
+async fn exchange_hyper(
     upstream: &Arc<Upstream>,
     pool: &Pool,
     req: Request<RequestBody>,

@@ -70,6 +70,9 @@ pub enum ClientError {
     /// The exchange failed after the request may have been written.
     #[error("upstream exchange failed")]
     Exchange(#[source] hyper::Error),
+    /// The exchange on our own HTTP/1.1 client (see `h1`) failed.
+    #[error("upstream exchange failed")]
+    H1(#[source] super::h1::Error),
 }
 
 /// The idle keep-alive connections of one upstream, newest last.
@@ -207,6 +210,20 @@ impl Connector {
         })
     }
 
+    /// Opens a fresh connection to `upstream` for our own HTTP/1.1 client (see `h1`).
+    pub(crate) async fn open_h1(
+        &self,
+        upstream: &Upstream,
+    ) -> Result<super::h1::Conn, ClientError> {
+        let stream = tokio::time::timeout(self.connect_timeout, self.dial(upstream))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout)??;
+        Ok(super::h1::Conn::new(match stream {
+            Stream::Plain(tcp) => super::h1::Io::Plain(tcp),
+            Stream::Tls(tls) => super::h1::Io::Tls(tls),
+        }))
+    }
+
     /// TCP connect and, with TLS, the TLS handshake.
     async fn dial(&self, upstream: &Upstream) -> Result<Stream, ClientError> {
         let tcp = TcpStream::connect(upstream.addr)
@@ -293,6 +310,8 @@ enum Sender {
     },
     /// Taken over by an upgrade; sends nothing more.
     Upgraded,
+    /// Our own HTTP/1.1 client's: the response body owns the socket and pools it (see `h1`).
+    Detached,
 }
 
 /// Outcome of [`Connection::send`] when it failed.
@@ -324,6 +343,15 @@ impl Connection {
         Connector::http1(connect_timeout).open(upstream).await
     }
 
+    /// A placeholder for an exchange on our own HTTP/1.1 client, whose response body owns
+    /// the socket and returns it to the idle list itself; [`Connection::release`] is a no-op.
+    pub(crate) fn detached(upstream: Arc<Upstream>) -> Connection {
+        Connection {
+            sender: Sender::Detached,
+            upstream,
+        }
+    }
+
     /// The upstream at the other end.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
@@ -346,7 +374,7 @@ impl Connection {
                 h2_target(&mut req, scheme, &self.upstream);
                 sender.try_send_request(req).await
             }
-            Sender::Upgraded => {
+            Sender::Upgraded | Sender::Detached => {
                 return Err(SendError::Failed(ClientError::Closed));
             }
         };

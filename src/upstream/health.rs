@@ -77,6 +77,8 @@ impl Reason {
             ClientError::Closed => Reason::Reset,
             ClientError::Exchange(e) if e.is_parse() => Reason::BadResponse,
             ClientError::Exchange(_) => Reason::Reset,
+            ClientError::H1(e) if e.is_parse() => Reason::BadResponse,
+            ClientError::H1(_) => Reason::Reset,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! what they set. The sources themselves live elsewhere (`discovery`, `registry`).
 
 pub mod client;
+pub mod h1;
 pub mod health;
 pub mod members;
 pub mod tls;
@@ -73,6 +74,8 @@ pub struct Upstream {
     pub(crate) health: health::Health,
     /// Keep-alive connections to this upstream waiting for reuse (see `client`).
     pub(crate) idle: client::IdleConnections,
+    /// Idle connections of our own HTTP/1.1 client (see `h1`).
+    pub(crate) h1_idle: h1::IdlePool,
     /// The multiplexed connection shared by requests of an HTTP/2 pool (see `client`).
     pub(crate) h2: client::SharedH2,
     /// Its attempt counters (`switchyard_upstream_requests_total`).
@@ -92,6 +95,7 @@ impl Upstream {
             in_flight: AtomicU32::new(0),
             health: health::Health::default(),
             idle: client::IdleConnections::default(),
+            h1_idle: h1::IdlePool::default(),
             h2: client::SharedH2::default(),
             metrics: crate::metrics::UpstreamMetrics::default(),
         }
@@ -110,7 +114,7 @@ impl Upstream {
 
     /// Keep-alive connections to this upstream currently idle in its pool.
     pub fn idle_connections(&self) -> usize {
-        self.idle.len()
+        self.idle.len() + self.h1_idle.len()
     }
 
     /// Whether this upstream has an open shared HTTP/2 connection.

@@ -1,0 +1,1290 @@
+//! Our own HTTP/1.1 client for `protocol: http1` pools, driven from the request's own task.
+//!
+//! hyper's client runs a task per upstream connection and hands each request to it through a
+//! channel; here a connection is only a socket and a read buffer ([`Conn`]), and the request's
+//! task writes the head and body and reads the response itself. The response body
+//! ([`Body`]) reads straight from the socket and, once it has reached its end cleanly on a
+//! reusable connection, puts the connection back on its upstream's idle list ([`IdlePool`]).
+//! An idle connection holds no buffer beyond a small head buffer, and no task.
+//!
+//! Framing follows RFC 9112: a request with no body carries `content-length: 0` only for
+//! POST/PUT/PATCH; a body of known size gets `Content-Length`, any other `Transfer-Encoding:
+//! chunked` (its trailers become a trailer section). A response head is at most
+//! [`MAX_HEAD`] bytes and [`MAX_HEADERS`] fields; interim `1xx` heads are skipped; the body is
+//! chunked, `Content-Length` or read until EOF (then the connection is not reused). When the
+//! upstream answers before the request body was fully sent, sending stops and the connection
+//! is closed after the response. Upgrades, HTTP/2 and health checks stay on hyper (`client`).
+
+use std::future::poll_fn;
+use std::io::{self, Write as _};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::client::{SendError, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE_PER_UPSTREAM, RELEASE_WAIT};
+use super::Upstream;
+use crate::body::{BodyError, RequestBody};
+
+/// Largest response head (status line, fields, trailer section) accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most fields in a response head or trailer section.
+pub const MAX_HEADERS: usize = 100;
+/// First read buffer size; grown only for larger heads and bodies.
+const INITIAL_READ: usize = 4 * 1024;
+/// Largest single body read.
+const MAX_READ: usize = 64 * 1024;
+/// At most this much of a request body is written together with its head.
+const SMALL_BODY: usize = 16 * 1024;
+/// How many idle connections per upstream may keep a read buffer grown for large responses.
+const KEEP_GROWN_IDLE: usize = 32;
+/// An idle connection keeps its head buffer only up to this capacity.
+const IDLE_HEAD_BUFFER: usize = 4 * 1024;
+
+/// Why an exchange on our HTTP/1.1 client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing the socket failed.
+    #[error("upstream I/O failed")]
+    Io(#[source] io::Error),
+    /// The upstream closed the connection before the response was complete.
+    #[error("upstream closed the connection mid-response")]
+    Incomplete,
+    /// The response head or body framing was malformed.
+    #[error("malformed upstream response: {0}")]
+    Parse(&'static str),
+    /// The client's request body failed while being forwarded.
+    #[error("request body failed")]
+    Body(#[source] BodyError),
+}
+
+impl Error {
+    /// Whether the upstream sent something that is not valid HTTP/1.1.
+    pub fn is_parse(&self) -> bool {
+        matches!(self, Error::Parse(_))
+    }
+}
+
+/// An upstream socket, plaintext or TLS.
+#[derive(Debug)]
+pub(crate) enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection to an upstream: the socket, a read buffer and a head buffer.
+#[derive(Debug)]
+pub struct Conn {
+    io: Io,
+    /// Bytes read and not yet consumed; empty while idle, and small (at most
+    /// [`INITIAL_READ`]) or unallocated unless among the first [`KEEP_GROWN_IDLE`] idle.
+    rbuf: BytesMut,
+    /// Whether `rbuf` was grown past [`INITIAL_READ`].
+    rbuf_big: bool,
+    /// How much the next response head read asks for: the last response's size when it had
+    /// a `Content-Length` (to [`MAX_READ`]), so a whole small-to-medium response comes in one
+    /// read; [`INITIAL_READ`] otherwise.
+    read_hint: usize,
+    /// The request head (and a small body) being written.
+    wbuf: Vec<u8>,
+    /// Whether it came from the idle list (then a close before any answer is not an error).
+    reused: bool,
+}
+
+// === impl Conn ===
+
+impl Conn {
+    pub(crate) fn new(io: Io) -> Conn {
+        Conn {
+            io,
+            rbuf: BytesMut::new(),
+            rbuf_big: false,
+            read_hint: INITIAL_READ,
+            wbuf: Vec::new(),
+            reused: false,
+        }
+    }
+
+    /// Whether the idle connection is still open: a non-blocking read that finds EOF, an
+    /// error or unsolicited bytes means the upstream closed it (or broke it) meanwhile.
+    fn is_open(&mut self) -> bool {
+        let mut scratch = [0u8; 8];
+        let mut buf = ReadBuf::new(&mut scratch);
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut buf),
+            Poll::Pending
+        )
+    }
+
+    /// Sends `req` and reads the response head. The response body reads from this
+    /// connection and returns it to `upstream`'s idle list when done (see [`Body`]).
+    pub async fn send(
+        mut self,
+        req: Request<RequestBody>,
+        upstream: &Arc<Upstream>,
+    ) -> Result<Response<Body>, SendError> {
+        let (parts, mut body) = req.into_parts();
+        let empty = body.is_end_stream();
+        let framing = encode_head(&mut self.wbuf, &parts, empty, body.size_hint().exact());
+        let head_only = self.wbuf.len();
+        // What of the body has already arrived goes out in the same write as the head, up to
+        // a small size; waiting for more would hold back the head (and an early answer).
+        let mut consumed = false;
+        let mut body_done = empty;
+        let mut trailers_sent = false;
+        if !empty {
+            let wbuf = &mut self.wbuf;
+            let gathered = poll_fn(|cx| loop {
+                if wbuf.len() - head_only > SMALL_BODY {
+                    return Poll::Ready(Ok(false));
+                }
+                match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Pending => return Poll::Ready(Ok(false)),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        consumed = true;
+                        match frame.into_data() {
+                            Ok(data) if framing == ReqFraming::Chunked => {
+                                encode_chunk(wbuf, &data);
+                            }
+                            Ok(data) => wbuf.extend_from_slice(&data),
+                            Err(frame) => {
+                                if let (Ok(trailers), ReqFraming::Chunked) =
+                                    (frame.into_trailers(), framing)
+                                {
+                                    encode_trailers(wbuf, &trailers);
+                                    trailers_sent = true;
+                                    return Poll::Ready(Ok(true));
+                                }
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => {
+                        if framing == ReqFraming::Chunked {
+                            wbuf.extend_from_slice(b"0\r\n\r\n");
+                            trailers_sent = true;
+                        }
+                        return Poll::Ready(Ok(true));
+                    }
+                }
+            })
+            .await;
+            match gathered {
+                Ok(done) => body_done = done,
+                Err(e) => return Err(failed(Error::Body(e))),
+            }
+        }
+        let mut out = Out::new();
+        out.trailers_sent = trailers_sent;
+        let mut sender = Sending {
+            out,
+            framing,
+            body_done,
+        };
+        let head = std::mem::take(&mut self.wbuf);
+        let written = self.write_all(&head).await;
+        self.wbuf = head;
+        self.wbuf.clear();
+        match written {
+            Ok(()) => {}
+            Err(0) if !consumed => {
+                return Err(SendError::NotSent(Box::new(Request::from_parts(
+                    parts, body,
+                ))));
+            }
+            Err(_) => return Err(failed(Error::Incomplete)),
+        }
+        // Stream the rest of the body, watching for an early answer.
+        let mut early = false;
+        if !sender.body_done {
+            match poll_fn(|cx| self.poll_send_body(cx, &mut body, &mut sender)).await {
+                Ok(true) => {}
+                Ok(false) => early = true,
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        if early {
+            // The client may still be sending the rest: read it off (and discard it) so its
+            // connection stays in sync for its next request, as hyper's client would while
+            // it kept writing. Bounded, off the request path: this is the rare case.
+            tokio::spawn(tokio::time::timeout(RELEASE_WAIT, async move {
+                while let Some(Ok(_)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {}
+            }));
+        } else {
+            drop(body);
+        }
+        let head = match poll_fn(|cx| self.poll_head(cx)).await {
+            Ok(head) => head,
+            Err(Error::Incomplete) if self.reused && empty && self.rbuf.is_empty() => {
+                // The upstream closed this pooled connection as we used it: nothing of the
+                // request was taken, so it goes to a fresh connection.
+                let req = Request::from_parts(parts, RequestBody::empty());
+                return Err(SendError::NotSent(Box::new(req)));
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        self.response(head, &parts.method, early, upstream)
+            .map_err(failed)
+    }
+
+    /// Writes all of `bytes`; on failure, how many were written.
+    async fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), usize> {
+        let total = bytes.len();
+        while !bytes.is_empty() {
+            match poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, bytes)).await {
+                Ok(0) | Err(_) => return Err(total - bytes.len()),
+                Ok(n) => bytes = &bytes[n..],
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the body frames; `Ok(false)` when a final response head arrived first.
+    fn poll_send_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut RequestBody,
+        s: &mut Sending,
+    ) -> Poll<Result<bool, Error>> {
+        loop {
+            // An answer while the body is still going out ends the sending.
+            match poll_fill(self, cx, INITIAL_READ) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::Incomplete)),
+                Poll::Ready(Ok(_)) => {
+                    if has_final_head(&mut self.rbuf)? {
+                        return Poll::Ready(Ok(false));
+                    }
+                    continue;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
+                Poll::Pending => {}
+            }
+            if !s.out.is_empty() {
+                let n = ready!(s.out.poll_write(&mut self.io, cx)).map_err(Error::Io)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Error::Incomplete));
+                }
+                continue;
+            }
+            if s.body_done {
+                return Poll::Ready(Ok(true));
+            }
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => s.out.data(data, s.framing == ReqFraming::Chunked),
+                    Err(frame) => {
+                        if let (Ok(trailers), ReqFraming::Chunked) =
+                            (frame.into_trailers(), s.framing)
+                        {
+                            s.out.trailers(&trailers);
+                            s.body_done = true;
+                        }
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Err(Error::Body(e))),
+                None => {
+                    if s.framing == ReqFraming::Chunked && !s.out.trailers_sent {
+                        s.out.last_chunk();
+                    }
+                    s.body_done = true;
+                }
+            }
+        }
+    }
+
+    /// Reads until a final (non-1xx) response head is complete; returns its length.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
+        loop {
+            if let Some(len) = final_head_len(&mut self.rbuf)? {
+                return Poll::Ready(Ok(len));
+            }
+            if self.rbuf.len() >= MAX_HEAD {
+                return Poll::Ready(Err(Error::Parse("response head too large")));
+            }
+            let want = if self.rbuf.is_empty() {
+                self.read_hint
+            } else {
+                INITIAL_READ
+            };
+            match ready!(poll_fill(self, cx, want)) {
+                Ok(0) => return Poll::Ready(Err(Error::Incomplete)),
+                Ok(_) => {}
+                Err(e) if self.rbuf.is_empty() => {
+                    // A reset before any answer reads like a close.
+                    tracing::trace!(error = %e, "upstream reset before answering");
+                    return Poll::Ready(Err(Error::Incomplete));
+                }
+                Err(e) => return Poll::Ready(Err(Error::Io(e))),
+            }
+        }
+    }
+
+    /// Builds the response from the head of `len` bytes at the front of the read buffer.
+    fn response(
+        mut self,
+        len: usize,
+        method: &Method,
+        early: bool,
+        upstream: &Arc<Upstream>,
+    ) -> Result<Response<Body>, Error> {
+        let head = self.rbuf.split_to(len).freeze();
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        match parsed.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return Err(Error::Parse("invalid response head")),
+        }
+        let status = parsed
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or(Error::Parse("invalid status"))?;
+        let http10 = parsed.version == Some(0);
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        let mut reusable = !early;
+        let mut keep_alive = false;
+        let mut chunked = false;
+        let mut other_coding = false;
+        let mut length: Option<u64> = None;
+        for field in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| Error::Parse("invalid field name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
+                .map_err(|_| Error::Parse("invalid field value"))?;
+            if name == header::CONNECTION {
+                for token in value.as_bytes().split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        reusable = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    }
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                let last = value.as_bytes().rsplit(|b| *b == b',').next();
+                let is_chunked =
+                    last.is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                chunked = is_chunked;
+                other_coding = !is_chunked;
+            } else if name == header::CONTENT_LENGTH {
+                for item in value.as_bytes().split(|b| *b == b',') {
+                    let n = parse_length(item.trim_ascii())
+                        .ok_or(Error::Parse("invalid content-length"))?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(Error::Parse("differing content-lengths"));
+                    }
+                    length = Some(n);
+                }
+            }
+            headers.append(name, value);
+        }
+        if chunked || other_coding {
+            // Transfer-Encoding overrides Content-Length, and a proxy must not pass on the
+            // received one (RFC 9112 section 6.3): the two could disagree downstream.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        if http10 && !keep_alive {
+            reusable = false;
+        }
+        let no_body = *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = if no_body {
+            Framing::Length(0)
+        } else if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else if other_coding {
+            Framing::Eof
+        } else {
+            match length {
+                Some(n) => Framing::Length(n),
+                None => Framing::Eof,
+            }
+        };
+        if matches!(framing, Framing::Eof) {
+            reusable = false;
+        }
+        self.read_hint = match framing {
+            Framing::Length(n) => usize::try_from(n)
+                .unwrap_or(MAX_READ)
+                .saturating_add(len)
+                .clamp(INITIAL_READ, MAX_READ),
+            _ => INITIAL_READ,
+        };
+        let mut body = Body {
+            conn: Some(self),
+            framing,
+            reusable,
+            upstream: upstream.clone(),
+        };
+        if let Framing::Length(0) = body.framing {
+            body.end();
+        }
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.version_mut() = Version::HTTP_11;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+
+    /// Drops a read buffer grown past [`INITIAL_READ`].
+    fn shrink(&mut self) {
+        if self.rbuf_big {
+            self.rbuf = BytesMut::new();
+            self.rbuf_big = false;
+        }
+    }
+
+    /// Readies the connection for the idle list: an empty read buffer, a small head buffer.
+    fn idle(&mut self) {
+        // The read buffer stays for the next exchange: its allocation is reused in place
+        // once the last response's slices are dropped (a grown one may be dropped by
+        // `IdlePool::push`).
+        if self.wbuf.capacity() > IDLE_HEAD_BUFFER {
+            self.wbuf = Vec::new();
+        }
+        self.reused = true;
+    }
+}
+
+fn failed(error: Error) -> SendError {
+    SendError::Failed(super::ClientError::H1(error))
+}
+
+/// Reads more bytes into the connection's read buffer, reserving `want` free bytes first
+/// when fewer are free. Once every slice handed out of
+/// the buffer is dropped, `reserve` reuses its allocation in place.
+fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+    let buf = &mut conn.rbuf;
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+        conn.rbuf_big |= want > INITIAL_READ || buf.len() + want > INITIAL_READ;
+    }
+    tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, buf)
+}
+
+/// Drops complete interim (1xx other than 101) heads at the front of `buf`; the length of a
+/// complete final head there, if any.
+fn final_head_len(buf: &mut BytesMut) -> Result<Option<usize>, Error> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Error::Parse("too many response fields"))
+            }
+            Err(_) => return Err(Error::Parse("invalid response head")),
+        };
+        if len > MAX_HEAD {
+            return Err(Error::Parse("response head too large"));
+        }
+        match parsed.code {
+            Some(code) if (100..200).contains(&code) && code != 101 => buf.advance(len),
+            _ => return Ok(Some(len)),
+        }
+    }
+}
+
+fn has_final_head(buf: &mut BytesMut) -> Result<bool, Error> {
+    final_head_len(buf).map(|h| h.is_some())
+}
+
+/// A decimal `Content-Length` value.
+fn parse_length(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 19 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the request head into `out` (cleared first) and says how the body is framed:
+/// `empty` when the body has ended already, `exact` its size when known.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &request::Parts,
+    empty: bool,
+    exact: Option<u64>,
+) -> ReqFraming {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    match parts.uri.path_and_query().map(|p| p.as_str()) {
+        Some(target) if !target.is_empty() => out.extend_from_slice(target.as_bytes()),
+        _ => out.push(b'/'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        // The framing fields are ours to write, from the body.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if empty {
+        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        ReqFraming::None
+    } else if let Some(n) = exact {
+        // Writing into a `Vec` cannot fail.
+        let _ = write!(out, "content-length: {n}\r\n");
+        ReqFraming::Length(n)
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        ReqFraming::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// Appends one chunk (size line, data, CRLF) of a chunked body; nothing for empty data,
+/// which would read as the last chunk.
+fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    // Writing into a `Vec` cannot fail.
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk and a trailer section.
+fn encode_trailers(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sending state of a request body.
+struct Sending {
+    out: Out,
+    framing: ReqFraming,
+    body_done: bool,
+}
+
+/// Bytes queued for the socket: a framing prefix, a data chunk and a framing suffix.
+struct Out {
+    prefix: Vec<u8>,
+    prefix_at: usize,
+    data: Bytes,
+    suffix: &'static [u8],
+    trailers_sent: bool,
+}
+
+impl Out {
+    fn new() -> Out {
+        Out {
+            prefix: Vec::new(),
+            prefix_at: 0,
+            data: Bytes::new(),
+            suffix: b"",
+            trailers_sent: false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.prefix_at == self.prefix.len() && self.data.is_empty() && self.suffix.is_empty()
+    }
+
+    fn data(&mut self, data: Bytes, chunked: bool) {
+        self.prefix.clear();
+        self.prefix_at = 0;
+        if chunked {
+            if data.is_empty() {
+                return;
+            }
+            // Writing into a `Vec` cannot fail.
+            let _ = write!(self.prefix, "{:x}\r\n", data.len());
+            self.suffix = b"\r\n";
+        }
+        self.data = data;
+    }
+
+    fn last_chunk(&mut self) {
+        self.prefix.clear();
+        self.prefix_at = 0;
+        self.prefix.extend_from_slice(b"0\r\n\r\n");
+    }
+
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        self.prefix.clear();
+        self.prefix_at = 0;
+        encode_trailers(&mut self.prefix, trailers);
+        self.trailers_sent = true;
+    }
+
+    fn poll_write(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let slices = [
+            io::IoSlice::new(&self.prefix[self.prefix_at..]),
+            io::IoSlice::new(&self.data),
+            io::IoSlice::new(self.suffix),
+        ];
+        let mut n = ready!(Pin::new(io).poll_write_vectored(cx, &slices))?;
+        let written = n;
+        let p = n.min(self.prefix.len() - self.prefix_at);
+        self.prefix_at += p;
+        n -= p;
+        let d = n.min(self.data.len());
+        self.data.advance(d);
+        n -= d;
+        self.suffix = &self.suffix[n.min(self.suffix.len())..];
+        Poll::Ready(Ok(written))
+    }
+}
+
+/// How the response body is framed, and where its decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    Eof,
+    /// The body has ended.
+    Done,
+}
+
+/// Where chunked decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Expecting the trailer section.
+    Trailers,
+}
+
+/// A response body read straight from the upstream connection.
+#[derive(Debug)]
+pub struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+    upstream: Arc<Upstream>,
+}
+
+// === impl Body ===
+
+impl Body {
+    /// The body has ended: the connection goes back to the idle list if it can carry
+    /// another request (nothing left over, no `close`, read to its end).
+    fn end(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(mut conn) = self.conn.take() {
+            if self.reusable && conn.rbuf.is_empty() {
+                conn.idle();
+                self.upstream.h1_idle.push(conn);
+            }
+        }
+    }
+
+    fn fail(&mut self, error: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.framing = Framing::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// Takes up to `max` bytes of body data, reading if none is buffered. `None` on EOF.
+    fn poll_data(
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+        max: u64,
+    ) -> Poll<Result<Option<Bytes>, Error>> {
+        if conn.rbuf.is_empty() {
+            let want = usize::try_from(max)
+                .unwrap_or(MAX_READ)
+                .clamp(INITIAL_READ, MAX_READ);
+            match ready!(poll_fill(conn, cx, want)) {
+                Ok(0) => return Poll::Ready(Ok(None)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(Error::Io(e))),
+            }
+        }
+        let n = usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(conn.rbuf.len());
+        Poll::Ready(Ok(Some(conn.rbuf.split_to(n).freeze())))
+    }
+
+    /// Reads until `buf` holds a full line (ending in CRLF) or fails past `limit` bytes.
+    fn poll_line(
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<Result<usize, Error>> {
+        loop {
+            if let Some(at) = conn.rbuf.windows(2).position(|w| w == b"\r\n") {
+                return Poll::Ready(Ok(at));
+            }
+            if conn.rbuf.len() > limit {
+                return Poll::Ready(Err(Error::Parse("chunk framing line too long")));
+            }
+            match ready!(poll_fill(conn, cx, INITIAL_READ)) {
+                Ok(0) => return Poll::Ready(Err(Error::Incomplete)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(Error::Io(e))),
+            }
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => match ready!(Body::poll_data(conn, cx, left)) {
+                    Ok(Some(data)) => {
+                        let left = left - data.len() as u64;
+                        this.framing = Framing::Length(left);
+                        if left == 0 {
+                            this.end();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(None) => return this.fail(Error::Incomplete),
+                    Err(e) => return this.fail(e),
+                },
+                Framing::Eof => match ready!(Body::poll_data(conn, cx, MAX_READ as u64)) {
+                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(None) => {
+                        this.end();
+                        return Poll::Ready(None);
+                    }
+                    Err(e) => return this.fail(e),
+                },
+                Framing::Chunked(Chunk::Size) => {
+                    let line = match ready!(Body::poll_line(conn, cx, 1024)) {
+                        Ok(line) => line,
+                        Err(e) => return this.fail(e),
+                    };
+                    let size = match parse_chunk_size(&conn.rbuf[..line]) {
+                        Some(size) => size,
+                        None => return this.fail(Error::Parse("invalid chunk size")),
+                    };
+                    conn.rbuf.advance(line + 2);
+                    this.framing = Framing::Chunked(match size {
+                        0 => Chunk::Trailers,
+                        n => Chunk::Data(n),
+                    });
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    match ready!(Body::poll_data(conn, cx, left)) {
+                        Ok(Some(data)) => {
+                            let left = left - data.len() as u64;
+                            this.framing = Framing::Chunked(match left {
+                                0 => Chunk::DataEnd,
+                                n => Chunk::Data(n),
+                            });
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Ok(None) => return this.fail(Error::Incomplete),
+                        Err(e) => return this.fail(e),
+                    }
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    match ready!(Body::poll_line(conn, cx, 2)) {
+                        Ok(0) => {}
+                        Ok(_) => return this.fail(Error::Parse("chunk data longer than its size")),
+                        Err(e) => return this.fail(e),
+                    }
+                    conn.rbuf.advance(2);
+                    this.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    if conn.rbuf.starts_with(b"\r\n") {
+                        conn.rbuf.advance(2);
+                        this.end();
+                        return Poll::Ready(None);
+                    }
+                    match parse_trailers(&mut conn.rbuf) {
+                        Ok(Some(trailers)) => {
+                            this.end();
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Ok(None) => {}
+                        Err(e) => return this.fail(e),
+                    }
+                    if conn.rbuf.len() >= MAX_HEAD {
+                        return this.fail(Error::Parse("trailer section too large"));
+                    }
+                    match ready!(poll_fill(conn, cx, INITIAL_READ)) {
+                        Ok(0) => return this.fail(Error::Incomplete),
+                        Ok(_) => {}
+                        Err(e) => return this.fail(Error::Io(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done || self.framing == Framing::Length(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The size of a chunk-size line (hex digits, then optional extensions after `;`).
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(end);
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    let rest = rest.trim_ascii_start();
+    if !(rest.is_empty() || rest.starts_with(b";")) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        let v = (*d as char).to_digit(16)?;
+        Some(n * 16 + u64::from(v))
+    })
+}
+
+/// A complete trailer section at the front of `buf` (consumed), if there is one.
+fn parse_trailers(buf: &mut BytesMut) -> Result<Option<HeaderMap>, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (len, fields) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete(done)) => done,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Error::Parse("invalid trailer section")),
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Error::Parse("invalid trailer name"))?;
+        let value =
+            HeaderValue::from_bytes(field.value).map_err(|_| Error::Parse("invalid trailer"))?;
+        trailers.append(name, value);
+    }
+    buf.advance(len);
+    Ok(Some(trailers))
+}
+
+/// The idle connections of one upstream for our client, newest last.
+#[derive(Debug, Default)]
+pub(crate) struct IdlePool {
+    list: Mutex<Vec<(Conn, Instant)>>,
+}
+
+// === impl IdlePool ===
+
+impl IdlePool {
+    /// The newest idle connection still open, dropping stale and closed ones on the way.
+    pub(crate) fn pop(&self) -> Option<Conn> {
+        let now = Instant::now();
+        loop {
+            let (mut conn, since) = {
+                let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+                list.pop()?
+            };
+            if now.duration_since(since) < DEFAULT_IDLE_TIMEOUT && conn.is_open() {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn push(&self, mut conn: Conn) {
+        let now = Instant::now();
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest sits at the front; drop it once stale so a shrunk pool closes sockets.
+        if list
+            .first()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= DEFAULT_IDLE_TIMEOUT)
+        {
+            list.remove(0);
+        }
+        if list.len() < DEFAULT_MAX_IDLE_PER_UPSTREAM {
+            // Reallocating a 64 KiB buffer per large response costs more than the response's
+            // own work (allocator trims and page faults), so the first few idle connections
+            // keep theirs; past that, idle memory stays small.
+            if list.len() >= KEEP_GROWN_IDLE {
+                conn.shrink();
+            }
+            list.push((conn, now));
+        }
+    }
+
+    /// Number of idle connections (status pages and tests).
+    pub(crate) fn len(&self) -> usize {
+        self.list.lock().map_or(0, |l| l.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::upstream::Source;
+
+    fn head(req: http::request::Builder, empty: bool, exact: Option<u64>) -> (String, ReqFraming) {
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        let mut out = Vec::new();
+        let framing = encode_head(&mut out, &parts, empty, exact);
+        (String::from_utf8(out).unwrap(), framing)
+    }
+
+    #[test]
+    fn request_heads_frame_the_body_by_method_and_size() {
+        let (text, framing) = head(
+            Request::get("http://a/p?q=1").header("x-a", "1"),
+            true,
+            None,
+        );
+        assert_eq!(text, "GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\n\r\n");
+        assert_eq!(framing, ReqFraming::None);
+        let (text, _) = head(Request::post("/"), true, None);
+        assert_eq!(text, "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        let (text, framing) = head(
+            Request::put("/u").header("content-length", "9"),
+            false,
+            Some(5),
+        );
+        assert_eq!(text, "PUT /u HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(framing, ReqFraming::Length(5));
+        let (text, framing) = head(
+            Request::post("/c")
+                .header("transfer-encoding", "chunked")
+                .header("cookie", "a")
+                .header("cookie", "b"),
+            false,
+            None,
+        );
+        assert_eq!(
+            text,
+            "POST /c HTTP/1.1\r\ncookie: a\r\ncookie: b\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(framing, ReqFraming::Chunked);
+    }
+
+    #[test]
+    fn chunk_sizes_and_lengths_are_parsed_strictly() {
+        assert_eq!(parse_chunk_size(b"1a"), Some(26));
+        assert_eq!(parse_chunk_size(b"10;ext=1"), Some(16));
+        assert_eq!(parse_chunk_size(b"0"), Some(0));
+        assert_eq!(parse_chunk_size(b""), None);
+        assert_eq!(parse_chunk_size(b"-1"), None);
+        assert_eq!(parse_chunk_size(b"1x"), None);
+        assert_eq!(parse_chunk_size(b"1234567890abcdef0"), None, "overflow");
+        assert_eq!(parse_length(b"42"), Some(42));
+        assert_eq!(parse_length(b"+4"), None);
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn interim_heads_are_skipped_and_oversized_ones_refused() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"[..]);
+        assert_eq!(final_head_len(&mut buf).unwrap(), Some(19));
+        assert!(buf.starts_with(b"HTTP/1.1 200"));
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: 1\r\n"[..]);
+        assert_eq!(final_head_len(&mut partial).unwrap(), None);
+        let mut many = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(final_head_len(&mut many).is_err());
+    }
+
+    /// A one-connection upstream that answers each request head with the next of `answers`,
+    /// then closes.
+    async fn upstream(answers: Vec<Vec<u8>>) -> Arc<Upstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for answer in answers {
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.clear();
+                if sock.write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Arc::new(Upstream::new(addr, 1, Source::Static))
+    }
+
+    async fn connect(upstream: &Upstream) -> Conn {
+        Conn::new(Io::Plain(TcpStream::connect(upstream.addr).await.unwrap()))
+    }
+
+    async fn get(
+        conn: Conn,
+        method: Method,
+        up: &Arc<Upstream>,
+    ) -> Result<Response<Body>, SendError> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = method;
+        conn.send(req, up).await
+    }
+
+    fn error_of(result: Result<Response<Body>, SendError>) -> String {
+        match result {
+            Err(SendError::Failed(e)) => crate::error_chain(&e),
+            Err(SendError::NotSent(_)) => "not sent".into(),
+            Ok(r) => panic!("expected an error, got {}", r.status()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sized_body_is_read_and_the_connection_pooled() {
+        let up = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+        ])
+        .await;
+        let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+        assert_eq!(response.version(), Version::HTTP_11);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        assert_eq!(up.h1_idle.len(), 1, "read to its end: pooled");
+        let conn = up.h1_idle.pop().unwrap();
+        let response = get(conn, Method::GET, &up).await.unwrap();
+        assert_eq!(response.status(), 204);
+        assert!(response.body().is_end_stream());
+        assert_eq!(up.h1_idle.len(), 1, "a bodyless answer pools at once");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_with_trailers_is_decoded() {
+        let up = upstream(vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\
+            Transfer-Encoding: gzip, chunked\r\nContent-Length: 99\r\n\r\n3;x=y\r\nhel\r\n2\r\nlo\r\n0\r\nx-sum: 9\r\n\r\n"
+            .to_vec()])
+        .await;
+        let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(!response.headers().contains_key("content-length"));
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "9");
+        assert_eq!(collected.to_bytes(), "hello");
+        assert_eq!(up.h1_idle.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_eof_bodies_and_http10_are_not_pooled() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ] {
+            let up = upstream(vec![answer.to_vec()]).await;
+            let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(!body.is_empty());
+            assert_eq!(up.h1_idle.len(), 0, "{}", String::from_utf8_lossy(answer));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_answer_has_no_body() {
+        let up = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec()
+        ])
+        .await;
+        let response = get(connect(&up).await, Method::HEAD, &up).await.unwrap();
+        assert_eq!(response.headers()["content-length"], "5");
+        assert!(response.body().is_end_stream());
+        assert_eq!(up.h1_idle.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_fail_the_exchange() {
+        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for _ in 0..50 {
+            huge.extend_from_slice(format!("x-big: {}\r\n", "v".repeat(1400)).as_bytes());
+        }
+        huge.extend_from_slice(b"\r\n");
+        for (answer, want) in [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+                "differing",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(),
+                "content-length",
+            ),
+            (b"NOT HTTP\r\n\r\n".to_vec(), "invalid response head"),
+            (huge, "too large"),
+        ] {
+            let up = upstream(vec![answer]).await;
+            let error = error_of(get(connect(&up).await, Method::GET, &up).await);
+            assert!(error.contains(want), "{error}");
+        }
+        let up = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n".to_vec(),
+        ])
+        .await;
+        let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+        assert!(response.into_body().collect().await.is_err());
+        assert_eq!(up.h1_idle.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_before_answering_gives_the_request_back() {
+        let up = upstream(vec![]).await;
+        let mut conn = connect(&up).await;
+        conn.reused = true;
+        assert_eq!(error_of(get(conn, Method::GET, &up).await), "not sent");
+        let up = upstream(vec![]).await;
+        let error = error_of(get(connect(&up).await, Method::GET, &up).await);
+        assert!(
+            error.contains("closed"),
+            "a fresh connection's close is an error: {error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn checkout_skips_a_pooled_connection_the_upstream_closed() {
+        let up = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()
+        ])
+        .await;
+        let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
+        assert!(response.body().is_end_stream());
+        assert_eq!(up.h1_idle.len(), 1);
+        // The test upstream closes after its last answer.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while up
+            .h1_idle
+            .list
+            .lock()
+            .unwrap()
+            .last_mut()
+            .is_some_and(|(c, _)| c.is_open())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream's close was never seen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(up.h1_idle.pop().is_none());
+    }
+}

@@ -6,7 +6,6 @@
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -31,11 +30,7 @@ async fn h2_cookie_fields_reach_an_http1_upstream_as_one_line_in_order() {
     let backend = Backend::start("b").await;
     let proxy = Proxy::start(&one_pool(&backend)).await;
     let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::support::h2_client(stream).await;
     let req = Request::get("http://h2.example/headers")
         .header("cookie", "a=1")
         .header("cookie", "b=2")

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -242,11 +242,7 @@ async fn an_http2_prior_knowledge_client_is_proxied_to_an_http1_pool() {
     let backend = Backend::start("b").await;
     let proxy = Proxy::start(&one_pool(&backend, "")).await;
     let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::support::h2_client(stream).await;
     for _ in 0..3 {
         let req = Request::get("http://h2.example/headers")
             .body(Full::new(Bytes::new()))

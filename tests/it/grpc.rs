@@ -182,11 +182,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for H2Client {
 /// A tonic client speaking prior-knowledge h2c to `addr`, with `:authority` `grpc.example`.
 async fn grpc_client(addr: SocketAddr) -> tonic::client::Grpc<H2Client> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let sender = crate::support::h2_client(stream).await;
     let origin = "http://grpc.example".parse().unwrap();
     tonic::client::Grpc::with_origin(H2Client(sender), origin)
 }
@@ -303,11 +299,7 @@ async fn h2_request(
     req: http::Request<Full<Bytes>>,
 ) -> (http::StatusCode, Bytes, Option<http::HeaderMap>) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::support::h2_client(stream).await;
     let response = tokio::time::timeout(DEADLINE, sender.send_request(req))
         .await
         .expect("response in time")
@@ -372,11 +364,7 @@ async fn request_and_response_trailers_cross_an_h2_pool() {
         Ok(hyper::body::Frame::trailers(trailers)),
     ];
     let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::support::h2_client(stream).await;
     let req = http::Request::post("http://t.example/echo")
         .header("te", "trailers")
         .body(http_body_util::StreamBody::new(futures_util::stream::iter(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -275,11 +275,7 @@ async fn alpn_negotiates_h2_and_http2_clients_reach_http1_upstreams() {
     let client = verifying_client(&pki, &[b"h2", b"http/1.1"]);
     let stream = connect(proxy.addr, client, "a.test").await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::support::h2_client(stream).await;
     // Several concurrent streams on the one connection.
     let mut replies = Vec::new();
     for _ in 0..3 {

@@ -552,6 +552,27 @@ pub async fn post_reload(admin: SocketAddr, token: Option<&str>) -> support::Rep
 }
 
 /// One route `route` (every path) to pool `pool` over `backends`.
+/// Writes a config with an admin API on `listener` and `route` to `pool` over `backends`.
+fn write_routed(
+    path: &std::path::Path,
+    listener: &str,
+    route: &str,
+    pool: &str,
+    backends: &[SocketAddr],
+) {
+    std::fs::write(
+        path,
+        with_admin(listener, None, &route_to(route, pool, backends)),
+    )
+    .unwrap();
+}
+
+/// Registers an instance through `PUT {target}` (`/registry/POOL/ADDR`) with `body`.
+async fn register(admin: SocketAddr, target: &str, body: &str) {
+    let put = crate::admin::call(admin, http::Method::PUT, target, body, None).await;
+    assert_eq!(put.status, http::StatusCode::CREATED, "{}", put.text());
+}
+
 fn route_to(route: &str, pool: &str, backends: &[SocketAddr]) -> String {
     let ups: String = backends
         .iter()
@@ -650,34 +671,23 @@ async fn post_reload_refuses_a_bad_file_with_its_position_and_applies_a_good_one
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_entries_survive_a_file_reload_and_go_with_their_pool() {
-    use crate::admin::{call, get_json, upstreams};
+    use crate::admin::{get_json, upstreams};
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let dir = TempDir::new("registry-reload");
     let path = dir.join("proxy.yaml");
     let listener = "l-registry-reload";
-    std::fs::write(
-        &path,
-        with_admin(listener, None, &route_to("rr-1", "keep", &[a.addr])),
-    )
-    .unwrap();
+    write_routed(&path, listener, "rr-1", "keep", &[a.addr]);
     let (server, addr, admin) = start_file(&path, listener).await;
-    let put = call(
+    register(
         admin,
-        http::Method::PUT,
         &format!("/registry/keep/{}", b.addr),
         r#"{"ttl": "1h"}"#,
-        None,
     )
     .await;
-    assert_eq!(put.status, http::StatusCode::CREATED, "{}", put.text());
     let registered = server.shared().snapshot().pool("keep").unwrap().upstreams()[1].clone();
 
     // A reload that keeps the pool (only the route is renamed) keeps the entry.
-    std::fs::write(
-        &path,
-        with_admin(listener, None, &route_to("rr-2", "keep", &[a.addr])),
-    )
-    .unwrap();
+    write_routed(&path, listener, "rr-2", "keep", &[a.addr]);
     let reply = post_reload(admin, None).await;
     assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
     let instances = get_json(admin, "/registry").await["instances"].clone();
@@ -700,11 +710,7 @@ async fn registry_entries_survive_a_file_reload_and_go_with_their_pool() {
     assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2, "{seen:?}");
 
     // A reload without the pool drops its entries; the instance gets no more traffic.
-    std::fs::write(
-        &path,
-        with_admin(listener, None, &route_to("rr-3", "other", &[a.addr])),
-    )
-    .unwrap();
+    write_routed(&path, listener, "rr-3", "other", &[a.addr]);
     let reply = post_reload(admin, None).await;
     assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
     assert_eq!(
@@ -718,11 +724,7 @@ async fn registry_entries_survive_a_file_reload_and_go_with_their_pool() {
     }
     assert_eq!(b.requests(), served);
     // Bringing the pool back does not bring the entry back.
-    std::fs::write(
-        &path,
-        with_admin(listener, None, &route_to("rr-4", "keep", &[a.addr])),
-    )
-    .unwrap();
+    write_routed(&path, listener, "rr-4", "keep", &[a.addr]);
     assert_eq!(post_reload(admin, None).await.status, http::StatusCode::OK);
     assert_eq!(upstreams(admin, "keep").await.len(), 1);
     server.shutdown().await;
@@ -730,26 +732,14 @@ async fn registry_entries_survive_a_file_reload_and_go_with_their_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_instance_the_file_then_lists_is_kept_once() {
-    use crate::admin::{call, get_json, upstreams};
+    use crate::admin::{get_json, upstreams};
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let dir = TempDir::new("registry-static");
     let path = dir.join("proxy.yaml");
     let listener = "l-registry-static";
-    std::fs::write(
-        &path,
-        with_admin(listener, None, &route_to("rs-1", "p", &[a.addr])),
-    )
-    .unwrap();
+    write_routed(&path, listener, "rs-1", "p", &[a.addr]);
     let (server, addr, admin) = start_file(&path, listener).await;
-    let put = call(
-        admin,
-        http::Method::PUT,
-        &format!("/registry/p/{}", b.addr),
-        "",
-        None,
-    )
-    .await;
-    assert_eq!(put.status, http::StatusCode::CREATED);
+    register(admin, &format!("/registry/p/{}", b.addr), "").await;
 
     let both = route_to("rs-2", "p", &[a.addr, b.addr]);
     std::fs::write(&path, with_admin(listener, None, &both)).unwrap();

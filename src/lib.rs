@@ -80,7 +80,7 @@ pub enum StartError {
     },
     /// The config file's directory could not be watched for changes.
     #[error("cannot watch the config file for changes")]
-    Watch(#[source] notify::Error),
+    Watch(#[source] std::io::Error),
 }
 
 /// How [`Server::start_with`] runs the proxy.

@@ -1,24 +1,34 @@
-//! Watching the config file: `notify` events in, debounced [`Trigger::Watch`] reloads out.
+//! Watching the config file: inotify events in, debounced [`Trigger::Watch`] reloads out.
 //!
-//! The watcher watches the file's *directory*, not the file, and keeps the events whose path
-//! has the file's name. Watching the file itself breaks with editors and tools that write a
-//! temp file and rename it over the original (vim, `sed -i`, Kubernetes-style atomic writes):
-//! the watch follows the old inode, which is gone. A directory watch sees the rename, a
-//! delete followed by a re-create, and in-place writes alike.
+//! The watcher watches the file's *directory*, not the file, and keeps the events whose name
+//! is the file's. Watching the file itself breaks with editors and tools that write a temp
+//! file and rename it over the original (vim, `sed -i`): the watch follows the old inode,
+//! which is gone. A directory watch sees the rename, a delete followed by a re-create, and
+//! in-place writes alike.
+//!
+//! Only events that can change the file's content are asked of the kernel: writes, closes
+//! after writing, attribute changes (`touch`), creates, deletes and renames. Opens and reads
+//! are not: the config's directory is often shared (`/etc`), and every process that opens a
+//! file there (the dynamic loader reads `/etc/ld.so.cache` at each program start) would
+//! otherwise wake the watcher; so would the reload's own read of the file.
+//!
+//! A config reached through a symlink is followed two ways: the directory of the file the
+//! link resolves to at start is watched too (an edit of the target), and in the config's own
+//! directory any create, delete or rename counts (Kubernetes ConfigMap volumes swap a
+//! `..data` symlink by rename; the new target is read by the reload).
 //!
 //! One save is a burst of events (create, modify, close, rename). The task waits for a quiet
 //! period of [`DEBOUNCE`] after the last event, at most [`MAX_DELAY`] after the first, and
-//! then reloads once. Open and read events are ignored (the reload's own read would trigger
-//! another). A reload that fails is logged and recorded by the reloader; the watcher keeps
-//! watching.
+//! then reloads once. A reload that fails is logged and recorded by the reloader; the
+//! watcher keeps watching.
 
 use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use futures_util::StreamExt;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,71 +40,137 @@ pub const DEBOUNCE: Duration = Duration::from_millis(30);
 /// Longest a reload waits after the first event of a burst, however long the burst.
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 
+/// The events a watched directory reports: those that can change a file's content or
+/// which file a name refers to. No `OPEN`, `ACCESS` or `CLOSE_NOWRITE`.
+const CHANGES: WatchMask = WatchMask::MODIFY
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::CREATE)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF);
+
+/// Events on a name in a directory that can re-point a symlink.
+const RELINKS: EventMask = EventMask::CREATE
+    .union(EventMask::DELETE)
+    .union(EventMask::MOVED_FROM)
+    .union(EventMask::MOVED_TO);
+
+/// Which events mean the config file may have changed.
+#[derive(Debug)]
+struct Interest {
+    /// The config path's directory and file name.
+    dir: WatchDescriptor,
+    name: OsString,
+    /// The config path is a symlink: any re-linking event in `dir` counts.
+    symlinked: bool,
+    /// The directory and file name the symlink resolved to at start, when elsewhere.
+    target: Option<(WatchDescriptor, OsString)>,
+}
+
+impl Interest {
+    fn concerns(&self, wd: &WatchDescriptor, mask: EventMask, name: Option<&OsString>) -> bool {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            tracing::warn!("config watcher lost events (queue overflow); reloading to be safe");
+            return true;
+        }
+        if *wd == self.dir {
+            return name == Some(&self.name) || (self.symlinked && mask.intersects(RELINKS));
+        }
+        matches!(&self.target, Some((dir, target)) if wd == dir && name == Some(target))
+    }
+}
+
 /// Starts watching `path`; reloads through `reloader` until `shutdown` fires.
 pub(crate) fn spawn(
     reloader: Reloader,
     path: &Path,
     shutdown: CancellationToken,
-) -> notify::Result<JoinHandle<()>> {
-    let Some(name) = path.file_name().map(OsString::from) else {
-        return Err(notify::Error::generic("the config path has no file name"));
+) -> io::Result<JoinHandle<()>> {
+    let (dir, name) = split(path)?;
+    let inotify = Inotify::init()?;
+    let mut watches = inotify.watches();
+    let symlinked = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let dir_wd = watches.add(&dir, CHANGES)?;
+    let mut target = None;
+    if symlinked {
+        if let Ok((target_dir, target_name)) = std::fs::canonicalize(path).and_then(|t| split(&t)) {
+            let same = std::fs::canonicalize(&dir).is_ok_and(|d| d == target_dir);
+            if !same {
+                // Best effort: the link may point at a directory we cannot watch; the
+                // re-linking events in `dir` still count.
+                match watches.add(&target_dir, CHANGES) {
+                    Ok(wd) => target = Some((wd, target_name)),
+                    Err(error) => tracing::warn!(
+                        dir = %target_dir.display(), %error,
+                        "cannot watch the config symlink's target directory"
+                    ),
+                }
+            }
+        }
+    }
+    let interest = Interest {
+        dir: dir_wd,
+        name,
+        symlinked,
+        target,
     };
+    let events = inotify.into_event_stream([0u8; 4096])?;
+    tracing::info!(dir = %dir.display(), file = %path.display(), "watching the config file");
+    Ok(tokio::spawn(run(events, interest, reloader, shutdown)))
+}
+
+/// A path's directory (`.` for a bare file name) and file name.
+fn split(path: &Path) -> io::Result<(PathBuf, OsString)> {
+    let name = path.file_name().map(OsString::from).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the config path has no file name",
+        )
+    })?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-        let relevant = match event {
-            Ok(event) => {
-                concerns_file(&event.kind)
-                    && event.paths.iter().any(|p| p.file_name() == Some(&name))
-            }
-            // The kernel dropped events (queue overflow): reload to be safe.
-            Err(error) => {
-                tracing::warn!(%error, "config watcher error; reloading to be safe");
-                true
-            }
-        };
-        // A send fails only once the watch task is gone, at shutdown.
-        if relevant {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tracing::info!(dir = %dir.display(), file = %path.display(), "watching the config file");
-    Ok(tokio::spawn(run(watcher, rx, reloader, shutdown)))
+    Ok((dir, name))
 }
 
-/// Whether an event kind may mean the file's content changed.
-fn concerns_file(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
-    }
-}
-
-/// Debounces events into reloads; owns the watcher so it lives as long as the task.
+/// Debounces the events that concern the file into reloads.
 async fn run(
-    watcher: RecommendedWatcher,
-    mut events: mpsc::UnboundedReceiver<()>,
+    mut events: inotify::EventStream<[u8; 4096]>,
+    interest: Interest,
     reloader: Reloader,
     shutdown: CancellationToken,
 ) {
+    // The next event that concerns the file; `false` when the stream has ended.
+    let mut next_change = async || {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(e) if interest.concerns(&e.wd, e.mask, e.name.as_ref()) => return true,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "config watcher failed; reloads need SIGHUP now");
+                    return false;
+                }
+            }
+        }
+        false
+    };
     loop {
-        let first = tokio::select! {
-            event = events.recv() => event,
-            () = shutdown.cancelled() => None,
+        let changed = tokio::select! {
+            changed = next_change() => changed,
+            () = shutdown.cancelled() => false,
         };
-        if first.is_none() {
+        if !changed {
             break;
         }
         let deadline = Instant::now() + MAX_DELAY;
         loop {
             let quiet = (Instant::now() + DEBOUNCE).min(deadline);
             tokio::select! {
-                event = events.recv() => if event.is_none() { break },
+                changed = next_change() => if !changed { break },
                 () = tokio::time::sleep_until(quiet) => break,
                 () = shutdown.cancelled() => return,
             }
@@ -102,5 +178,4 @@ async fn run(
         // The reloader logs and records the outcome; nothing more to do with it here.
         let _ = reloader.reload(Trigger::Watch).await;
     }
-    drop(watcher);
 }

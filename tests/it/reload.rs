@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard::reload::watch::DEBOUNCE as DEBOUNCE_QUIET;
 use switchyard::reload::{ReloadError, ReloadStatus, Trigger};
 use switchyard::{Server, ServerOptions};
 use tokio::time::Instant;
@@ -140,6 +141,75 @@ async fn a_route_changed_by_write_temp_and_rename_serves_within_2s() {
     write_and_rename(&path, &routed_to(a.addr, "3", ""));
     wait_generation(&server, 3).await;
     assert_eq!(support::get(addr, "/").await.text(), "a");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_and_reading_files_in_the_config_directory_triggers_no_reload() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("reads");
+    let path = dir.join("proxy.yaml");
+    let sibling = dir.join("64k");
+    std::fs::write(&path, routed_to(a.addr, "1", "")).unwrap();
+    std::fs::write(&sibling, "x".repeat(65536)).unwrap();
+    let (server, addr) = start(&path, true).await;
+
+    // What a backend serving a file from this directory, or `cat` of the config, does.
+    for _ in 0..50 {
+        std::fs::read(&sibling).unwrap();
+        std::fs::read(&path).unwrap();
+    }
+    // Proving that nothing happens needs a wait: longer than the debounce's quiet period,
+    // so that a reload those reads had set off would have run before the edit below.
+    tokio::time::sleep(DEBOUNCE_QUIET * 5).await;
+    write_and_rename(&path, &routed_to(b.addr, "2", ""));
+    wait_generation(&server, 2).await;
+    assert_eq!(support::get(addr, "/").await.text(), "b");
+    let status = server.reloader().status();
+    assert_eq!((status.generation, status.reloads_ok), (2, 1), "{status:?}");
+    server.shutdown().await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_style_symlink_swap_reloads() {
+    use std::os::unix::fs::symlink;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("configmap");
+    // A ConfigMap volume: proxy.yaml -> ..data/proxy.yaml, ..data -> ..v1.
+    std::fs::create_dir(dir.join("..v1")).unwrap();
+    std::fs::write(dir.join("..v1/proxy.yaml"), routed_to(a.addr, "1", "")).unwrap();
+    symlink("..v1", dir.join("..data")).unwrap();
+    symlink("..data/proxy.yaml", dir.join("proxy.yaml")).unwrap();
+    let (server, addr) = start(&dir.join("proxy.yaml"), true).await;
+    assert_eq!(support::get(addr, "/").await.text(), "a");
+
+    // The update: a new version directory, a new link renamed over `..data`, the old gone.
+    std::fs::create_dir(dir.join("..v2")).unwrap();
+    std::fs::write(dir.join("..v2/proxy.yaml"), routed_to(b.addr, "2", "")).unwrap();
+    symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..v1")).unwrap();
+    let took = wait_generation(&server, 2).await;
+    assert!(took < WITHIN, "took {took:?}");
+    assert_eq!(support::get(addr, "/").await.text(), "b");
+    server.shutdown().await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_of_a_symlinked_config_in_another_directory_reloads() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (links, files) = (TempDir::new("links"), TempDir::new("files"));
+    let target = files.join("proxy.yaml");
+    std::fs::write(&target, routed_to(a.addr, "1", "")).unwrap();
+    std::os::unix::fs::symlink(&target, links.join("proxy.yaml")).unwrap();
+    let (server, addr) = start(&links.join("proxy.yaml"), true).await;
+
+    std::fs::write(&target, routed_to(b.addr, "2", "")).unwrap();
+    let took = wait_generation(&server, 2).await;
+    assert!(took < WITHIN, "took {took:?}");
+    assert_eq!(support::get(addr, "/").await.text(), "b");
     server.shutdown().await;
 }
 

@@ -326,6 +326,25 @@ async fn serve_connection(
     let Some(tls) = &settings.tls else {
         return serve_http(stream, ctx, &builders.any, limits, activity, signals).await;
     };
+    // Boxed: a TLS connection's state (the handshake, then the decrypting stream inside
+    // hyper's) is several KiB larger than a plaintext one's, and without the box every
+    // connection's task, plaintext ones included, would be sized for it.
+    Box::pin(serve_tls(
+        stream, ctx, builders, tls, limits, activity, signals,
+    ))
+    .await;
+}
+
+/// [`serve_connection`] on a TLS listener: the handshake, then HTTP on the decrypted stream.
+async fn serve_tls(
+    stream: Counted<TcpStream>,
+    ctx: ConnContext,
+    builders: &Builders,
+    tls: &tls::TlsSettings,
+    limits: &Limits,
+    activity: Arc<Activity>,
+    signals: Signals,
+) {
     let client = ctx.client;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));

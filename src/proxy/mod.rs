@@ -79,6 +79,10 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Respo
     let started = Instant::now();
     let snapshot = ctx.shared.snapshot();
     let (mut parts, body) = req.into_parts();
+    // Room for what the proxy adds (`X-Request-Id`, `X-Forwarded-For`, `-Proto`, `-Host`)
+    // in one step: the map the server parsed is sized to the client's fields, and adding
+    // them one by one would regrow it twice.
+    parts.headers.reserve(4);
     let request_id = ensure_request_id(&ctx.shared.request_ids, &mut parts.headers);
     let host = request_host(&parts);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");

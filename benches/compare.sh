@@ -217,7 +217,10 @@ write_backends() {
 
 write_proxies() {
     local b
-    # switchyard: one listener serves HTTP/1.1 and h2c on the same port.
+    # switchyard: one listener serves HTTP/1.1 and h2c on the same port. Its configs get a
+    # directory of their own, as in a deployment: the proxy watches its config's directory,
+    # and this temp dir also holds the 64 KiB body file and h2load's per-request log.
+    mkdir -p "$TMP/sy"
     for variant in switchyard switchyard-log; do
         local log=off
         [ "$variant" = switchyard-log ] && log="$TMP/access.log"
@@ -236,7 +239,7 @@ write_proxies() {
             echo "    strategy: round_robin"
             echo "    upstreams:"
             for b in "${BACKEND_PORTS[@]}"; do echo "      - { addr: \"127.0.0.1:$b\" }"; done
-        } >"$TMP/$variant.yaml"
+        } >"$TMP/sy/$variant.yaml"
     done
     # NGINX: plaintext HTTP/2 needs its own port (`listen ... http2` is h2c only).
     mkdir -p "$TMP/nginx"
@@ -295,11 +298,11 @@ start_proxy() {
             fi
             bin=$(tr ',' '\n' <<<"${VARIANTS:-}" | awk -F= -v l="$label" '$1 == l {print $2}')
             [ -x "$bin" ] || { log "no binary for variant $label in VARIANTS"; exit 2; }
-            start "$1" "${ON_PROXY_CPU[@]}" "$bin" run --config "$TMP/$cfg" \
+            start "$1" "${ON_PROXY_CPU[@]}" "$bin" run --config "$TMP/sy/$cfg" \
                 --workers 1 --log-level warn ;;
         switchyard | switchyard-log)
             rm -f "$TMP/access.log"
-            start "$1" "${ON_PROXY_CPU[@]}" "$SWITCHYARD" run --config "$TMP/$1.yaml" \
+            start "$1" "${ON_PROXY_CPU[@]}" "$SWITCHYARD" run --config "$TMP/sy/$1.yaml" \
                 --workers 1 --log-level warn ;;
         nginx)
             start nginx "${ON_PROXY_CPU[@]}" nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -e stderr ;;

@@ -96,6 +96,8 @@ head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/64k"
     done
     echo "}"
 } >"$TMP/backend.conf"
+# The proxy watches its config's directory: keep it apart from the files the load touches.
+mkdir -p "$TMP/sy"
 {
     echo "workers: 1"
     if [ "${ACCESS_LOG:-off}" = file ]; then echo "access_log: $TMP/access.log"; else echo "access_log: off"; fi
@@ -105,7 +107,7 @@ head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/64k"
     echo "  - name: backends"
     echo "    upstreams:"
     for p in "${PORTS[@]:0:3}"; do echo "      - { addr: \"127.0.0.1:$p\" }"; done
-} >"$TMP/proxy.yaml"
+} >"$TMP/sy/proxy.yaml"
 
 "${ON_LOAD_CPU[@]}" nginx -p "$TMP/backend" -c "$TMP/backend.conf" -e stderr 2>"$TMP/backend.err" &
 PIDS+=($!)
@@ -133,7 +135,7 @@ start_proxy() {
     if [ "${TARGET:-switchyard}" = nginx ]; then
         "${ON_PROXY_CPU[@]}" nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -e stderr 2>"$TMP/proxy.err" &
     else
-        "${ON_PROXY_CPU[@]}" "$BIN" run --config "$TMP/proxy.yaml" --workers 1 --log-level warn \
+        "${ON_PROXY_CPU[@]}" "$BIN" run --config "$TMP/sy/proxy.yaml" --workers 1 --log-level warn \
             2>"$TMP/proxy.err" &
     fi
     PROXY=$!

@@ -6,11 +6,11 @@
 //! which is gone. A directory watch sees the rename, a delete followed by a re-create, and
 //! in-place writes alike.
 //!
-//! Only events that can change the file's content are asked of the kernel: writes, closes
-//! after writing, attribute changes (`touch`), creates, deletes and renames. Opens and reads
-//! are not: the config's directory is often shared (`/etc`), and every process that opens a
-//! file there (the dynamic loader reads `/etc/ld.so.cache` at each program start) would
-//! otherwise wake the watcher; so would the reload's own read of the file.
+//! Only events that end a change are asked of the kernel: closes after writing, attribute
+//! changes (`touch`), creates, deletes and renames. Opens, reads and single writes are not:
+//! the config's directory is often shared (`/etc`), and every process that opens a file
+//! there (the dynamic loader reads `/etc/ld.so.cache` at each program start) or writes to
+//! a file there (a log) would otherwise wake the watcher; so would the reload's own read.
 //!
 //! A config reached through a symlink is followed two ways: the directory of the file the
 //! link resolves to at start is watched too (an edit of the target), and in the config's own
@@ -40,10 +40,11 @@ pub const DEBOUNCE: Duration = Duration::from_millis(30);
 /// Longest a reload waits after the first event of a burst, however long the burst.
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 
-/// The events a watched directory reports: those that can change a file's content or
-/// which file a name refers to. No `OPEN`, `ACCESS` or `CLOSE_NOWRITE`.
-const CHANGES: WatchMask = WatchMask::MODIFY
-    .union(WatchMask::CLOSE_WRITE)
+/// The events a watched directory reports: those that end a change of a file's content or
+/// change which file a name refers to. No `OPEN`, `ACCESS` or `CLOSE_NOWRITE`, and no
+/// `MODIFY`, which comes with every `write` (a log file beside the config would wake the
+/// watcher per line): a writer's changes are seen when it closes the file.
+const CHANGES: WatchMask = WatchMask::CLOSE_WRITE
     .union(WatchMask::ATTRIB)
     .union(WatchMask::CREATE)
     .union(WatchMask::DELETE)

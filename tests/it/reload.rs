@@ -145,7 +145,7 @@ async fn a_route_changed_by_write_temp_and_rename_serves_within_2s() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn opening_and_reading_files_in_the_config_directory_triggers_no_reload() {
+async fn opening_reading_and_logging_to_files_in_the_config_directory_trigger_no_reload() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let dir = TempDir::new("reads");
     let path = dir.join("proxy.yaml");
@@ -154,10 +154,13 @@ async fn opening_and_reading_files_in_the_config_directory_triggers_no_reload() 
     std::fs::write(&sibling, "x".repeat(65536)).unwrap();
     let (server, addr) = start(&path, true).await;
 
-    // What a backend serving a file from this directory, or `cat` of the config, does.
-    for _ in 0..50 {
+    // What a backend serving a file from this directory, or `cat` of the config, does; and
+    // a log kept open beside the config, written line by line.
+    let mut log = std::fs::File::create(dir.join("requests.log")).unwrap();
+    for i in 0..50 {
         std::fs::read(&sibling).unwrap();
         std::fs::read(&path).unwrap();
+        std::io::Write::write_all(&mut log, format!("request {i}\n").as_bytes()).unwrap();
     }
     // Proving that nothing happens needs a wait: longer than the debounce's quiet period,
     // so that a reload those reads had set off would have run before the edit below.
@@ -167,6 +170,7 @@ async fn opening_and_reading_files_in_the_config_directory_triggers_no_reload() 
     assert_eq!(support::get(addr, "/").await.text(), "b");
     let status = server.reloader().status();
     assert_eq!((status.generation, status.reloads_ok), (2, 1), "{status:?}");
+    drop(log);
     server.shutdown().await;
 }
 

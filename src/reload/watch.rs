@@ -67,7 +67,7 @@ struct Interest {
     name: OsString,
     /// The config path is a symlink: any re-linking event in `dir` counts.
     symlinked: bool,
-    /// The directory and file name the symlink resolved to at start, when elsewhere.
+    /// The directory and file name the symlink resolved to at start.
     target: Option<(WatchDescriptor, OsString)>,
 }
 
@@ -77,10 +77,12 @@ impl Interest {
             tracing::warn!("config watcher lost events (queue overflow); reloading to be safe");
             return true;
         }
-        if *wd == self.dir {
-            return name == Some(&self.name) || (self.symlinked && mask.intersects(RELINKS));
-        }
-        matches!(&self.target, Some((dir, target)) if wd == dir && name == Some(target))
+        // The target may be in `dir` itself (inotify then gives its watch the same id).
+        let on_target =
+            matches!(&self.target, Some((dir, target)) if wd == dir && name == Some(target));
+        on_target
+            || (*wd == self.dir
+                && (name == Some(&self.name) || (self.symlinked && mask.intersects(RELINKS))))
     }
 }
 
@@ -98,17 +100,14 @@ pub(crate) fn spawn(
     let mut target = None;
     if symlinked {
         if let Ok((target_dir, target_name)) = std::fs::canonicalize(path).and_then(|t| split(&t)) {
-            let same = std::fs::canonicalize(&dir).is_ok_and(|d| d == target_dir);
-            if !same {
-                // Best effort: the link may point at a directory we cannot watch; the
-                // re-linking events in `dir` still count.
-                match watches.add(&target_dir, CHANGES) {
-                    Ok(wd) => target = Some((wd, target_name)),
-                    Err(error) => tracing::warn!(
-                        dir = %target_dir.display(), %error,
-                        "cannot watch the config symlink's target directory"
-                    ),
-                }
+            // Best effort: the link may point at a directory we cannot watch; the
+            // re-linking events in `dir` still count.
+            match watches.add(&target_dir, CHANGES) {
+                Ok(wd) => target = Some((wd, target_name)),
+                Err(error) => tracing::warn!(
+                    dir = %target_dir.display(), %error,
+                    "cannot watch the config symlink's target directory"
+                ),
             }
         }
     }

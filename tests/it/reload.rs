@@ -202,6 +202,23 @@ async fn a_kubernetes_style_symlink_swap_reloads() {
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_place_edit_of_a_symlink_target_in_the_same_directory_reloads() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = TempDir::new("samedir-link");
+    let target = dir.join("real.yaml");
+    std::fs::write(&target, routed_to(a.addr, "1", "")).unwrap();
+    std::os::unix::fs::symlink("real.yaml", dir.join("proxy.yaml")).unwrap();
+    let (server, addr) = start(&dir.join("proxy.yaml"), true).await;
+
+    std::fs::write(&target, routed_to(b.addr, "2", "")).unwrap();
+    let took = wait_generation(&server, 2).await;
+    assert!(took < WITHIN, "took {took:?}");
+    assert_eq!(support::get(addr, "/").await.text(), "b");
+    server.shutdown().await;
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_of_a_symlinked_config_in_another_directory_reloads() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let (links, files) = (TempDir::new("links"), TempDir::new("files"));

@@ -106,6 +106,13 @@ async fn wait_generation(server: &Server, generation: u64) -> Duration {
     started.elapsed()
 }
 
+/// Waits for `generation`, which must come within [`WITHIN`]; then `/` must answer `body`.
+async fn serves_within(server: &Server, addr: SocketAddr, generation: u64, body: &str) {
+    let took = wait_generation(server, generation).await;
+    assert!(took < WITHIN, "took {took:?}");
+    assert_eq!(support::get(addr, "/").await.text(), body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_changed_by_an_in_place_write_serves_within_2s() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
@@ -116,9 +123,7 @@ async fn a_route_changed_by_an_in_place_write_serves_within_2s() {
     assert_eq!(support::get(addr, "/").await.text(), "a");
 
     std::fs::write(&path, routed_to(b.addr, "2", "")).unwrap();
-    let took = wait_generation(&server, 2).await;
-    assert!(took < WITHIN, "took {took:?}");
-    assert_eq!(support::get(addr, "/").await.text(), "b");
+    serves_within(&server, addr, 2, "b").await;
     let status = server.reloader().status();
     assert!(status.ok && status.error.is_none(), "{status:?}");
     assert_eq!((status.generation, status.reloads_ok), (2, 1));
@@ -134,9 +139,7 @@ async fn a_route_changed_by_write_temp_and_rename_serves_within_2s() {
     let (server, addr) = start(&path, true).await;
 
     write_and_rename(&path, &routed_to(b.addr, "2", ""));
-    let took = wait_generation(&server, 2).await;
-    assert!(took < WITHIN, "took {took:?}");
-    assert_eq!(support::get(addr, "/").await.text(), "b");
+    serves_within(&server, addr, 2, "b").await;
     // The watch survives the rename: the next rename is seen too.
     write_and_rename(&path, &routed_to(a.addr, "3", ""));
     wait_generation(&server, 3).await;
@@ -194,9 +197,7 @@ async fn a_kubernetes_style_symlink_swap_reloads() {
     symlink("..v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(dir.join("..v1")).unwrap();
-    let took = wait_generation(&server, 2).await;
-    assert!(took < WITHIN, "took {took:?}");
-    assert_eq!(support::get(addr, "/").await.text(), "b");
+    serves_within(&server, addr, 2, "b").await;
     server.shutdown().await;
 }
 
@@ -211,9 +212,7 @@ async fn an_in_place_edit_of_a_symlink_target_in_the_same_directory_reloads() {
     let (server, addr) = start(&dir.join("proxy.yaml"), true).await;
 
     std::fs::write(&target, routed_to(b.addr, "2", "")).unwrap();
-    let took = wait_generation(&server, 2).await;
-    assert!(took < WITHIN, "took {took:?}");
-    assert_eq!(support::get(addr, "/").await.text(), "b");
+    serves_within(&server, addr, 2, "b").await;
     server.shutdown().await;
 }
 
@@ -228,9 +227,7 @@ async fn an_edit_of_a_symlinked_config_in_another_directory_reloads() {
     let (server, addr) = start(&links.join("proxy.yaml"), true).await;
 
     std::fs::write(&target, routed_to(b.addr, "2", "")).unwrap();
-    let took = wait_generation(&server, 2).await;
-    assert!(took < WITHIN, "took {took:?}");
-    assert_eq!(support::get(addr, "/").await.text(), "b");
+    serves_within(&server, addr, 2, "b").await;
     server.shutdown().await;
 }
 

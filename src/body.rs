@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::Pending;
-use crate::listener::RequestGuard;
+use crate::listener::{http1, RequestGuard};
 use crate::upstream::{h1, Connection, InFlight};
 
 /// Why a request body could not be forwarded.
@@ -30,7 +30,61 @@ pub enum BodyError {
     },
     /// Reading from the client failed (it went away or sent a broken body).
     #[error("reading the client's body failed")]
-    Client(#[source] hyper::Error),
+    Client(#[source] ClientBodyError),
+}
+
+/// Why reading a client's body failed, as its server reported it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// Our HTTP/1.1 server.
+    #[error(transparent)]
+    H1(#[from] http1::BodyError),
+    /// hyper's HTTP/2 server.
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
+}
+
+/// A client's request body as its server hands it over.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// The head said there is no body.
+    Empty,
+    /// Read by our HTTP/1.1 server.
+    H1(http1::Body),
+    /// An HTTP/2 stream's body, from hyper's server.
+    H2(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H1(body) => body.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(body) => body.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
+        }
+    }
 }
 
 /// Why an upstream's response body failed mid-way.
@@ -56,7 +110,7 @@ pub enum UpstreamBody {
 /// A client's request body on its way upstream.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     limit: u64,
     seen: u64,
 }
@@ -65,7 +119,7 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// Wraps a client body; `limit` is the route's `max_body`, if any.
-    pub fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
+    pub fn new(inner: ClientBody, limit: Option<u64>) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             limit: limit.unwrap_or(u64::MAX),

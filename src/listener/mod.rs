@@ -5,19 +5,19 @@
 //! open connections: the loop takes a permit *before* accepting, so past the limit new
 //! clients wait in the kernel's backlog instead of being accepted and dropped, and the
 //! connection task holds its permit until it ends. Draining is the same semaphore seen the
-//! other way: when every permit is back, every connection has finished. Each connection is
-//! served by hyper-util's auto builder (HTTP/1.1 or prior-knowledge HTTP/2 on the same port)
-//! and is told to finish gracefully on shutdown. `activity` enforces the header and idle
-//! timeouts. What a request does is `proxy`'s job.
+//! other way: when every permit is back, every connection has finished. A plaintext
+//! connection's first bytes tell prior-knowledge HTTP/2 (its preface) from HTTP/1.1. HTTP/1.1
+//! is served by our own server (`http1`), HTTP/2 by hyper's; both are told to finish
+//! gracefully on shutdown. `activity` enforces the header and idle timeouts. What a request
+//! does is `proxy`'s job.
 //!
 //! On a TLS listener the connection task first runs the handshake (`tls` picks the
 //! certificate), bounded by `header_timeout`, then serves HTTP/2 when ALPN chose `h2` and
-//! HTTP/1.1 otherwise. The activity watcher wraps the TLS stream, so the framing scanner sees
-//! plaintext HTTP, and its clock starts at accept: the handshake and the first request head
-//! together must fit in `header_timeout`.
+//! HTTP/1.1 otherwise. The head timer starts at accept: the handshake and the first request
+//! head together must fit in `header_timeout`.
 
 mod activity;
-mod framing;
+pub mod http1;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -28,14 +28,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::body::ClientBody;
 use crate::config::{Limits, ListenerConfig};
 use crate::metrics::ActiveConnection;
 use crate::proxy::{self, ConnContext};
@@ -45,7 +47,7 @@ use activity::{Activity, Expiry, WatchedIo};
 
 /// Pending connections the kernel queues for a listener.
 pub const DEFAULT_BACKLOG: i32 = 1024;
-/// hyper refuses read buffers below this, so `max_header_bytes` cannot go lower.
+/// The smallest request-head limit: `max_header_bytes` below it counts as this much.
 const MIN_HEADER_BUFFER: usize = 8192;
 
 /// Binds `addr` with `SO_REUSEADDR`, ready for tokio.
@@ -271,41 +273,25 @@ struct Signals {
     abort: CancellationToken,
 }
 
-/// A listener's HTTP servers: `any` detects HTTP/1.1 or prior-knowledge HTTP/2 (plaintext);
-/// `http1` and `http2` serve what TLS ALPN negotiated.
+/// A listener's HTTP settings: our own HTTP/1.1 server's head limit, and hyper's HTTP/2
+/// server.
 #[derive(Debug)]
 struct Builders {
-    any: auto::Builder<TokioExecutor>,
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    http2: http2::Builder<TokioExecutor>,
+    max_head: usize,
 }
 
 impl Builders {
     fn new(limits: &Limits) -> Builders {
-        let any = http_builder(limits);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         Builders {
-            http1: any.clone().http1_only(),
-            http2: any.clone().http2_only(),
-            any,
+            http2,
+            max_head: limits.max_header_bytes.max(MIN_HEADER_BUFFER),
         }
     }
-}
-
-/// The HTTP server settings of a listener.
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No hyper header read timeout: it also runs while a keep-alive connection waits for its
-    // next request, so `activity::watchdog` enforces header and idle timeouts instead.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BUFFER));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
 }
 
 /// Serves one client connection until it closes or shutdown asks it to finish; on a TLS
@@ -324,15 +310,91 @@ async fn serve_connection(
     let activity = Arc::new(Activity::new());
     let limits = &settings.limits;
     let Some(tls) = &settings.tls else {
-        return serve_http(stream, ctx, &builders.any, limits, activity, signals).await;
+        return serve_plain(stream, ctx, builders, limits, activity, signals).await;
     };
-    // Boxed: a TLS connection's state (the handshake, then the decrypting stream inside
-    // hyper's) is several KiB larger than a plaintext one's, and without the box every
-    // connection's task, plaintext ones included, would be sized for it.
+    // Boxed: a TLS connection's state (the handshake, then the decrypting stream) is several
+    // KiB larger than a plaintext one's, and without the box every connection's task,
+    // plaintext ones included, would be sized for it.
     Box::pin(serve_tls(
         stream, ctx, builders, tls, limits, activity, signals,
     ))
     .await;
+}
+
+/// The first bytes of every prior-knowledge HTTP/2 connection (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// [`serve_connection`] on a plaintext listener: the first bytes tell HTTP/1.1 from h2c.
+async fn serve_plain(
+    mut stream: Counted<TcpStream>,
+    ctx: ConnContext,
+    builders: &Builders,
+    limits: &Limits,
+    activity: Arc<Activity>,
+    signals: Signals,
+) {
+    let client = ctx.client;
+    let mut buf = BytesMut::with_capacity(http1::INITIAL_READ);
+    let sniffed = {
+        let sniff = sniff(&mut stream, &mut buf, &activity);
+        let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout);
+        tokio::select! {
+            sniffed = sniff => sniffed,
+            _ = watchdog => {
+                tracing::debug!(%client, "request head timed out; closing");
+                return;
+            }
+            // Nothing to finish yet.
+            () = signals.shutdown.cancelled() => return,
+            () = signals.abort.cancelled() => return,
+        }
+    };
+    // Boxed, each: the task then starts small and is copied cheaply when spawned, and
+    // carries the state of the one protocol the connection speaks.
+    match sniffed {
+        Ok(Some(true)) => {
+            let io = WatchedIo::new(stream, activity.clone(), buf.freeze());
+            Box::pin(serve_h2(
+                io,
+                ctx,
+                &builders.http2,
+                limits,
+                activity,
+                signals,
+            ))
+            .await;
+        }
+        Ok(Some(false)) => {
+            Box::pin(serve_h1(
+                stream, buf, ctx, builders, limits, activity, signals,
+            ))
+            .await;
+        }
+        Ok(None) => {}
+        Err(error) => tracing::debug!(%client, %error, "reading the first request failed"),
+    }
+}
+
+/// Reads until the bytes tell: `Some(true)` for the HTTP/2 preface, `Some(false)` for
+/// anything else, `None` when the client closed first.
+async fn sniff<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    activity: &Activity,
+) -> io::Result<Option<bool>> {
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(true));
+        }
+        if tokio_util::io::read_buf(io, buf).await? == 0 {
+            return Ok(None);
+        }
+        activity.read();
+    }
 }
 
 /// [`serve_connection`] on a TLS listener: the handshake, then HTTP on the decrypted stream.
@@ -364,18 +426,63 @@ async fn serve_tls(
         () = signals.shutdown.cancelled() => return,
         () = signals.abort.cancelled() => return,
     };
-    let builder = match stream.get_ref().1.alpn_protocol() {
-        Some(b"h2") => &builders.http2,
-        _ => &builders.http1,
-    };
-    serve_http(stream, ctx, builder, limits, activity, signals).await;
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let io = WatchedIo::new(stream, activity.clone(), Bytes::new());
+        serve_h2(io, ctx, &builders.http2, limits, activity, signals).await;
+    } else {
+        serve_h1(
+            stream,
+            BytesMut::new(),
+            ctx,
+            builders,
+            limits,
+            activity,
+            signals,
+        )
+        .await;
+    }
 }
 
-/// Serves HTTP on an established (plaintext or decrypted) client stream.
-async fn serve_http<S>(
+/// Serves HTTP/1.1 with our own server (`http1`); `buf` holds bytes already read.
+async fn serve_h1<S: http1::Stream + 'static>(
     stream: S,
+    buf: BytesMut,
     ctx: ConnContext,
-    builder: &auto::Builder<TokioExecutor>,
+    builders: &Builders,
+    limits: &Limits,
+    activity: Arc<Activity>,
+    signals: Signals,
+) {
+    let client = ctx.client;
+    let settings = http1::Settings {
+        max_head: builders.max_head,
+        activity: &activity,
+        shutdown: &signals.shutdown,
+        tls: ctx.proto == "https",
+    };
+    let conn = http1::serve(stream, buf, &ctx, settings);
+    let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout);
+    let result = tokio::select! {
+        result = conn => result,
+        () = signals.abort.cancelled() => return,
+        expiry = watchdog => {
+            // A stalled head is dropped; an idle connection has nothing to finish either.
+            if expiry == Expiry::Header {
+                tracing::debug!(%client, "request head timed out; closing");
+            }
+            return;
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%client, error = %crate::error_chain(&error), "client connection ended with an error");
+    }
+}
+
+/// Serves HTTP/2 with hyper's server on an established (plaintext or decrypted) stream.
+async fn serve_h2<S>(
+    io: WatchedIo<S>,
+    ctx: ConnContext,
+    builder: &http2::Builder<TokioExecutor>,
     limits: &Limits,
     activity: Arc<Activity>,
     signals: Signals,
@@ -383,24 +490,17 @@ async fn serve_http<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = ctx.client;
-    let listener = ctx.listener.clone();
-    let shared = ctx.shared.clone();
     let ctx = Arc::new(ctx);
     let requests = activity.clone();
-    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
-        let (guard, ambiguous) = requests.start_request();
-        if ambiguous {
-            req.extensions_mut().insert(proxy::AmbiguousFraming);
-        }
+        let guard = requests.start_request();
         async move {
-            let response = proxy::handle(&ctx, req).await;
+            let response = proxy::handle(&ctx, req.map(ClientBody::H2)).await;
             Ok::<_, Infallible>(response.map(|body| body.with_request_guard(guard)))
         }
     });
-    let io = WatchedIo::new(stream, activity.clone(), listener).with_request_ids(shared);
-    let io = TokioIo::new(io);
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout);
     tokio::pin!(watchdog);
@@ -409,36 +509,28 @@ async fn serve_http<S>(
         () = signals.abort.cancelled() => return,
         () = signals.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            // Keep timing: a half-sent head must not hold the drain for its whole deadline.
             tokio::select! {
                 result = conn.as_mut() => result,
                 _ = &mut watchdog => return,
                 () = signals.abort.cancelled() => return,
             }
         }
-        expiry = &mut watchdog => match expiry {
-            // A stalled head: drop the connection, there is nothing to finish.
-            Expiry::Header => {
-                tracing::debug!(%client, "request head timed out; closing");
-                return;
-            }
-            Expiry::Idle => {
-                conn.as_mut().graceful_shutdown();
-                // HTTP/1 closes at once; HTTP/2 sends GOAWAY and a PING and waits for the
-                // peer's answer, which a stalled client never sends: bound that wait.
-                tokio::select! {
-                    result = conn.as_mut() => result,
-                    () = tokio::time::sleep(limits.header_timeout) => {
-                        tracing::debug!(%client, "idle connection did not finish closing; dropping it");
-                        return;
-                    }
-                    () = signals.abort.cancelled() => return,
+        _ = &mut watchdog => {
+            // Idle: GOAWAY, then a PING whose answer a stalled client never sends: bound the
+            // wait for it.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = tokio::time::sleep(limits.header_timeout) => {
+                    tracing::debug!(%client, "idle connection did not finish closing; dropping it");
+                    return;
                 }
+                () = signals.abort.cancelled() => return,
             }
-        },
+        }
     };
     if let Err(error) = result {
-        tracing::debug!(error = %crate::error_chain(&*error), "client connection ended with an error");
+        tracing::debug!(%client, error = %crate::error_chain(&error), "client connection ended with an error");
     }
 }
 

@@ -19,12 +19,11 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{request, Request, Response, Version};
 use http_body::Body;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::{Entry, Pending, RequestText};
 use crate::balance::{hash_key, StrategyKind};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::config::{HashKey, Protocol};
 use crate::snapshot::{Route, Shared, Snapshot};
 use crate::upstream::health::Reason;
@@ -75,7 +74,7 @@ impl ConnContext {
 }
 
 /// Serves one request; never fails: errors become the proxy's own answers.
-pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(ctx: &ConnContext, req: Request<ClientBody>) -> Response<ResponseBody> {
     let started = Instant::now();
     let snapshot = ctx.shared.snapshot();
     let (mut parts, body) = req.into_parts();
@@ -229,7 +228,7 @@ async fn forward(
     snapshot: &Snapshot,
     route: &Route,
     mut parts: request::Parts,
-    body: Incoming,
+    body: ClientBody,
     host: Option<HeaderValue>,
 ) -> Result<retry::Forwarded, ProxyError> {
     let pool = &snapshot.pools[route.pool];

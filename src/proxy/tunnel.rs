@@ -23,13 +23,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::config::Protocol;
+use crate::listener::http1::OnUpgrade as ClientUpgrade;
 use crate::upstream::InFlight;
 
 /// A client's request to switch protocols, taken off its request head.
 #[derive(Debug)]
 pub(crate) struct UpgradeRequest {
     /// Resolves to the client's connection once the `101` was written to it.
-    client: OnUpgrade,
+    client: ClientUpgrade,
     /// The client's `Upgrade` value, sent upstream as is.
     protocol: HeaderValue,
 }
@@ -54,7 +55,7 @@ impl UpgradeRequest {
         if !asks {
             return None;
         }
-        let client = parts.extensions.remove::<OnUpgrade>()?;
+        let client = parts.extensions.remove::<ClientUpgrade>()?;
         Some(UpgradeRequest { client, protocol })
     }
 
@@ -80,15 +81,19 @@ pub(crate) async fn run(
     in_flight: InFlight,
 ) {
     let id = in_flight.upstream().id.clone();
-    let (client, upstream) = match tokio::try_join!(request.client, upstream) {
-        Ok(both) => both,
-        Err(error) => {
+    let (client, upstream) = match tokio::join!(request.client, upstream) {
+        (Ok(client), Ok(upstream)) => (client, upstream),
+        (Err(_), _) => {
+            tracing::debug!(upstream = %id, "the client connection closed before the tunnel opened");
+            return;
+        }
+        (_, Err(error)) => {
             tracing::debug!(upstream = %id, %error, "upgrade failed before the tunnel opened");
             return;
         }
     };
     let clock = Clock::new();
-    let mut client = Tracked::new(TokioIo::new(client), &clock);
+    let mut client = Tracked::new(client, &clock);
     let mut upstream = Tracked::new(TokioIo::new(upstream), &clock);
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);

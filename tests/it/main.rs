@@ -18,6 +18,7 @@ mod forwarding;
 mod grpc;
 mod h2_idle;
 mod health;
+mod http1;
 mod limits;
 mod metrics;
 mod pipelining;

@@ -147,7 +147,7 @@ pub struct Conn {
     /// Whether `rbuf` was grown past [`INITIAL_READ`].
     rbuf_big: bool,
     /// How much the next response head read asks for: the last response's size when it had
-    /// a `Content-Length` (to [`MAX_READ`]), so a whole small-to-medium response comes in one
+    /// a `Content-Length` (to [`MAX_READ`] plus a head), so a whole small-to-medium response comes in one
     /// read; [`INITIAL_READ`] otherwise.
     read_hint: usize,
     /// The request head (and a small body) being written.
@@ -469,11 +469,12 @@ impl Conn {
         if matches!(framing, Framing::Eof) {
             reusable = false;
         }
+        // Room for the head too: a 64 KiB body with its head then comes in one read.
         self.read_hint = match framing {
             Framing::Length(n) => usize::try_from(n)
                 .unwrap_or(MAX_READ)
                 .saturating_add(len)
-                .clamp(INITIAL_READ, MAX_READ),
+                .clamp(INITIAL_READ, MAX_READ + INITIAL_READ),
             _ => INITIAL_READ,
         };
         let mut body = Body {

@@ -47,8 +47,6 @@ use activity::{Activity, Expiry, WatchedIo};
 
 /// Pending connections the kernel queues for a listener.
 pub const DEFAULT_BACKLOG: i32 = 1024;
-/// The smallest request-head limit: `max_header_bytes` below it counts as this much.
-const MIN_HEADER_BUFFER: usize = 8192;
 
 /// Binds `addr` with `SO_REUSEADDR`, ready for tokio.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -289,7 +287,7 @@ impl Builders {
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         Builders {
             http2,
-            max_head: limits.max_header_bytes.max(MIN_HEADER_BUFFER),
+            max_head: limits.max_header_bytes,
         }
     }
 }

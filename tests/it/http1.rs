@@ -224,3 +224,34 @@ async fn more_fields_than_the_limit_answer_431() {
     );
     assert_eq!(backend.requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_header_bytes_is_the_exact_head_limit() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&format!(
+        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\n    limits: {{ max_header_bytes: 2KiB }}\naccess_log: off\nroutes:\n  - name: r\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        backend.addr
+    ))
+    .await;
+    // Request line, fields and the blank line: exactly 2,048 bytes, then one more.
+    let fixed = "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: \r\n\r\n".len();
+    for (pad, status) in [(2048 - fixed, "200"), (2049 - fixed, "431")] {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(pad)
+        );
+        stream.write_all(raw.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 12];
+        tokio::time::timeout(DEADLINE, stream.read_exact(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(
+            &buf[9..12],
+            status.as_bytes(),
+            "a head of {} bytes",
+            raw.len()
+        );
+    }
+}

@@ -54,6 +54,11 @@ const BODY_READ: usize = 16 * 1024;
 /// A data frame up to this size is copied next to the head or chunk line it goes out with;
 /// a larger one is written from where it is.
 const COPY_DATA: usize = 4 * 1024;
+/// Most bytes of an unread request body read and discarded to keep its connection.
+const MAX_DRAIN: u64 = 1024 * 1024;
+/// How long, and for how many bytes, a closing connection still reads what the client sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 /// Ready body frames are gathered into one write up to this many bytes.
 const GATHER: usize = 64 * 1024;
 /// The response-head buffer's first size: a head and a small body.
@@ -650,6 +655,14 @@ impl Feeder {
     }
 }
 
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        // A body still held elsewhere (an HTTP/2 upstream's send task) must not wait for a
+        // connection that is gone.
+        self.abandon();
+    }
+}
+
 /// Reads ahead while a request is being served, as hyper's server does, to notice a client
 /// that closed its connection (`Ready(true)`). Reads only into an empty buffer, so at most
 /// one buffer of pipelined bytes is taken early; they stay in `buf` for the next head.
@@ -1175,6 +1188,23 @@ pub(super) async fn serve<S: Stream + 'static>(
             poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await?;
         }
         End::Close | End::Gone => {}
+        End::Linger => {
+            // The client may still be sending (a body we did not read, pipelined requests):
+            // closing with unread input would reset the connection, and the client could
+            // lose the answer. Shut our side, then read and discard for a bounded while.
+            poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await?;
+            let linger = async {
+                let mut read = 0;
+                while read < LINGER_BYTES {
+                    buf.clear();
+                    match poll_fn(|cx| poll_read_buf(&mut io, cx, &mut buf, INITIAL_READ)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, linger).await;
+        }
         End::Upgrade(tx) => {
             let upgraded = Upgraded {
                 read: buf.split().freeze(),
@@ -1190,6 +1220,8 @@ pub(super) async fn serve<S: Stream + 'static>(
 enum End {
     /// The connection is done: the client closed it, or it is not kept alive.
     Close,
+    /// The connection is done, but the client may still be sending.
+    Linger,
     /// The client went away while a request was served.
     Gone,
     /// A `101` was written: the socket goes to the tunnel.
@@ -1230,7 +1262,7 @@ async fn requests<S: Stream>(
                     activity.head_ended();
                     let answer = refusal(refused, ctx);
                     write_all(io, &answer).await?;
-                    return Ok(End::Close);
+                    return Ok(End::Linger);
                 }
             }
             if buf.is_empty() && shutdown.is_cancelled() {
@@ -1324,12 +1356,18 @@ async fn requests<S: Stream>(
 
         // ---- the response
         let (head, body) = response.into_parts();
-        if shutdown.is_cancelled() || feeder.as_ref().is_some_and(|f| f.continue_at == Some(0)) {
-            // Draining, or the client may be holding its body back for a `100 Continue` that
-            // will not come: this answer is the connection's last.
+        out.clear();
+        match feeder.as_mut().and_then(|f| f.continue_at.take()) {
+            // The client may be holding its body back for a `100 Continue` that will not
+            // come now: this answer is the connection's last.
+            Some(0) => keep_alive = false,
+            // A `100 Continue` half written: its rest goes first.
+            Some(at) => out.extend_from_slice(&CONTINUE[at..]),
+            None => {}
+        }
+        if shutdown.is_cancelled() {
             keep_alive = false;
         }
-        out.clear();
         let (framing, keep) = encode_head(&mut out, &head, &body, &method, version, keep_alive);
         keep_alive = keep;
         let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -1374,21 +1412,27 @@ async fn requests<S: Stream>(
             feeder.abandon();
             if !feeder.done() {
                 if feeder.failed || !keep_alive {
-                    return Ok(End::Close);
+                    return Ok(End::Linger);
                 }
                 drain(&mut feeder, io, buf, activity, max_head).await?;
                 if !feeder.done() {
-                    return Ok(End::Close);
+                    return Ok(End::Linger);
                 }
             }
         }
         if !keep_alive {
-            return Ok(End::Close);
+            return Ok(if buf.is_empty() {
+                End::Close
+            } else {
+                End::Linger
+            });
         }
     }
 }
 
 /// Reads and discards the rest of a request body the proxy did not read.
+/// Gives up (the connection then closes) past [`MAX_DRAIN`] bytes: a body too large for its
+/// route is not read to its end.
 async fn drain<S: Stream>(
     feeder: &mut Feeder,
     io: &mut S,
@@ -1396,9 +1440,20 @@ async fn drain<S: Stream>(
     activity: &Activity,
     max_head: usize,
 ) -> io::Result<()> {
+    let mut drained = 0;
+    if matches!(feeder.decode, Decode::Length(left) if left > MAX_DRAIN) {
+        feeder.failed = true;
+        return Ok(());
+    }
     loop {
         match feeder.decode.step(buf, max_head) {
-            Ok(Step::Frame(_)) => {}
+            Ok(Step::Frame(frame)) => {
+                drained += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if drained > MAX_DRAIN {
+                    feeder.failed = true;
+                    return Ok(());
+                }
+            }
             Ok(Step::Done) => return Ok(()),
             Ok(Step::More) => {
                 let n = poll_fn(|cx| poll_read_buf(io, cx, buf, BODY_READ)).await?;

@@ -255,3 +255,36 @@ async fn max_header_bytes_is_the_exact_head_limit() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_body_is_drained_when_small_and_closes_the_connection_when_large() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&config(&format!(
+        "routes:\n  - name: r\n    match: {{ path_prefix: \"/\" }}\n    pool: p\n    max_body: 1KiB\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        backend.addr
+    )))
+    .await;
+    // 2 KiB over a 1 KiB limit: answered 413 without reading it, then read and discarded,
+    // and the connection carries the next request.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut raw = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 2048\r\n\r\n".to_vec();
+    raw.extend_from_slice(&[b'x'; 2048]);
+    raw.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    stream.write_all(&raw).await.unwrap();
+    let (head, _) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200") && body == b"b", "{head}");
+
+    // 10 GB declared: not worth reading; the answer arrives (no reset) and the connection
+    // closes while the client is still sending.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000000\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    let (text, _) = read_until_closed(&mut stream).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert_eq!(backend.requests(), 1, "only the GET reached the upstream");
+}

@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use super::activity::Activity;
 use crate::body::{ClientBody, ResponseBody};
 use crate::proxy::{self, AmbiguousFraming, ConnContext};
+use crate::upstream::h1::{parse_chunk_size, parse_length};
 
 /// Most fields in a request head or trailer section; more answers `431`.
 pub const MAX_HEADERS: usize = 100;
@@ -230,7 +231,7 @@ impl Check {
         if name == header::CONTENT_LENGTH {
             // `5, 5` is one length said twice; anything else that is not digits is malformed.
             for item in bytes.split(|b| *b == b',') {
-                let n = parse_decimal(trim(item)).ok_or(Refusal::Malformed)?;
+                let n = parse_length(item.trim_ascii()).ok_or(Refusal::Malformed)?;
                 if self.length.is_some_and(|seen| seen != n) {
                     return Err(Refusal::Malformed);
                 }
@@ -240,10 +241,14 @@ impl Check {
         } else if name == header::TRANSFER_ENCODING {
             self.codings += 1;
             self.plain_chunked = (self.codings == 1) && bytes.eq_ignore_ascii_case(b"chunked");
-            let last = bytes.rsplit(|b| *b == b',').next().map(trim).unwrap_or(b"");
+            let last = bytes
+                .rsplit(|b| *b == b',')
+                .next()
+                .map(<[u8]>::trim_ascii)
+                .unwrap_or(b"");
             self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
         } else if name == header::CONNECTION {
-            for token in bytes.split(|b| *b == b',').map(trim) {
+            for token in bytes.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -274,22 +279,6 @@ impl Check {
             Some(n) => Framing::Length(n),
         })
     }
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t'));
-    let end = bytes.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
-    match (start, end) {
-        (Some(start), Some(end)) => &bytes[start..=end],
-        _ => &[],
-    }
-}
-
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 // ===== request bodies =====
@@ -500,20 +489,6 @@ fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, BodyError> {
         None if buf.len() >= max => Err(BodyError::Chunked),
         None => Ok(None),
     }
-}
-
-/// A chunk-size line: hex digits, then optional whitespace and `;extensions`.
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
-        return None;
-    }
-    let rest = trim(&line[digits..]);
-    if !rest.is_empty() && rest[0] != b';' {
-        return None;
-    }
-    let text = std::str::from_utf8(&line[..digits]).ok()?;
-    u64::from_str_radix(text, 16).ok()
 }
 
 /// The connection's end of a request body: reads and decodes it when the body wants more.
@@ -1007,7 +982,7 @@ fn encode_head(
             keep_alive &= !value
                 .as_bytes()
                 .split(|b| *b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(b"close"));
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
             continue;
         }
         if name == header::TRANSFER_ENCODING {

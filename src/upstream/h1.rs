@@ -558,7 +558,7 @@ fn has_final_head(buf: &mut BytesMut) -> Result<bool, Error> {
 }
 
 /// A decimal `Content-Length` value.
-fn parse_length(text: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 19 || !text.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -937,7 +937,7 @@ impl http_body::Body for Body {
 }
 
 /// The size of a chunk-size line (hex digits, then optional extensions after `;`).
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+pub(crate) fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     let end = line
         .iter()
         .position(|b| !b.is_ascii_hexdigit())

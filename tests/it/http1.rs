@@ -108,28 +108,32 @@ async fn a_body_of_unknown_length_is_chunked_for_http11_and_close_delimited_for_
     let total = 200_000u64;
     let expected: Vec<u8> = (0..total).map(support::pattern).collect();
 
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let request = format!("GET /download/{total} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let head = String::from_utf8_lossy(&raw[..end]);
+    let (head, body) = exchange_to_close(&proxy, &request).await;
     assert!(
         head.contains("\r\ntransfer-encoding: chunked\r\n"),
         "{head}"
     );
-    assert_eq!(dechunk(&raw[end..]), expected);
+    assert_eq!(dechunk(&body), expected);
 
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let request = format!("GET /download/{total} HTTP/1.0\r\nHost: a\r\n\r\n");
+    let (head, body) = exchange_to_close(&proxy, &request).await;
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert_eq!(body, expected);
+}
+
+/// Sends `request` on a new connection and reads until the proxy closes it: head and body.
+async fn exchange_to_close(proxy: &Proxy, request: &str) -> (String, Vec<u8>) {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
+        .await
+        .expect("closed in time")
+        .unwrap();
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    assert!(!head.contains("transfer-encoding"), "{head}");
-    assert_eq!(&raw[end..], &expected[..]);
+    let body = raw.split_off(end);
+    (String::from_utf8_lossy(&raw).into_owned(), body)
 }
 
 /// The data of a chunked body (no extensions, no trailers).

@@ -341,6 +341,11 @@ impl Shared {
         self.current.load_full()
     }
 
+    /// Whether `snapshot` is still the running config.
+    pub fn is_current(&self, snapshot: &Arc<Snapshot>) -> bool {
+        Arc::ptr_eq(&self.current.load(), snapshot)
+    }
+
     /// Makes `snapshot` the running config.
     pub fn store(&self, snapshot: impl Into<Arc<Snapshot>>) {
         let snapshot = snapshot.into();

@@ -8,8 +8,9 @@
 //! closes the connection, an idle one is closed gracefully. All state is a few relaxed
 //! atomics per connection; the request path pays two atomic increments and a clock read.
 
+use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -117,38 +118,65 @@ impl Drop for RequestGuard {
 /// Otherwise a head in progress must end within `header_timeout` of its first byte, and a
 /// connection with no head in progress is idle from its last response or last byte read (so a
 /// body still uploading after an early answer counts as activity).
+///
+/// Every mark but a request's end is made by the task that polls this future, which polls it
+/// again after each of its own polls; so the deadline is recomputed then, and a timer is
+/// armed only when one is due and none earlier is armed (a later deadline is taken up when
+/// the earlier timer fires). `requests_end_here` says the request guards are dropped by that
+/// task too (HTTP/1.1): then a connection busy with a request needs no timer at all, and a
+/// short-lived connection never touches the timer wheel. Otherwise (HTTP/2, whose requests
+/// end in their own tasks) a busy connection is looked at again every half of the shorter
+/// timeout.
 pub(super) async fn watchdog(
     activity: &Activity,
     header_timeout: Duration,
     idle_timeout: Duration,
+    requests_end_here: bool,
 ) -> Expiry {
     let header_ms = header_timeout.as_millis() as u64;
     let idle_ms = idle_timeout.as_millis() as u64;
-    // Changes happen without waking us, so re-check at least this often; a stalled head is
-    // then caught within 1.5x its timeout.
-    let tick = (header_ms.min(idle_ms) / 2).max(5);
-    loop {
-        let now = activity.now_ms();
-        let wait = if activity.in_flight.load(Ordering::Relaxed) > 0 {
-            tick
-        } else {
-            let head = activity.head_since.load(Ordering::Relaxed);
-            let (due, expiry) = if head != 0 {
-                (head + header_ms, Expiry::Header)
-            } else {
-                let last = activity
-                    .idle_since
-                    .load(Ordering::Relaxed)
-                    .max(activity.last_read.load(Ordering::Relaxed));
-                (last + idle_ms, Expiry::Idle)
-            };
-            if now >= due {
-                return expiry;
+    let recheck_ms = (header_ms.min(idle_ms) / 2).max(5);
+    // Not registered with the timer until first polled, and reset before that.
+    let mut timer = pin!(tokio::time::sleep_until(activity.started));
+    // The deadline the timer is set for, in `now_ms` units.
+    let mut armed: Option<u64> = None;
+    poll_fn(|cx| loop {
+        let (due, expiry) = if activity.in_flight.load(Ordering::Relaxed) > 0 {
+            if requests_end_here {
+                return Poll::Pending;
             }
-            (due - now).min(tick)
+            (
+                armed.unwrap_or_else(|| activity.now_ms() + recheck_ms),
+                None,
+            )
+        } else if activity.head_since.load(Ordering::Relaxed) != 0 {
+            let head = activity.head_since.load(Ordering::Relaxed);
+            (head + header_ms, Some(Expiry::Header))
+        } else {
+            let last = activity
+                .idle_since
+                .load(Ordering::Relaxed)
+                .max(activity.last_read.load(Ordering::Relaxed));
+            (last + idle_ms, Some(Expiry::Idle))
         };
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-    }
+        if armed.is_none_or(|at| at > due) {
+            timer
+                .as_mut()
+                .reset(activity.started + Duration::from_millis(due - 1));
+            armed = Some(due);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // The timer fired: at `due`, or at an earlier deadline since moved on.
+        armed = None;
+        if let Some(expiry) = expiry {
+            if activity.now_ms() >= due {
+                return Poll::Ready(expiry);
+            }
+        }
+    })
+    .await
 }
 
 /// An HTTP/2 client stream that reports reads to its connection's [`Activity`], after

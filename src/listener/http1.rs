@@ -39,9 +39,9 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 use super::activity::Activity;
+use super::signal::Signal;
 use crate::body::{ClientBody, ResponseBody};
 use crate::proxy::{self, AmbiguousFraming, ConnContext};
 use crate::upstream::h1::{parse_chunk_size, parse_length};
@@ -1142,7 +1142,7 @@ pub(super) struct Settings<'a> {
     pub(super) max_head: usize,
     pub(super) activity: &'a Arc<Activity>,
     /// Fired when the listener drains: finish the request in progress, then close.
-    pub(super) shutdown: &'a CancellationToken,
+    pub(super) shutdown: &'a Signal,
     /// The stream is TLS: closing it sends `close_notify` first.
     pub(super) tls: bool,
 }
@@ -1218,7 +1218,7 @@ async fn requests<S: Stream>(
     } = settings;
     let mut out = Vec::with_capacity(INITIAL_OUT);
     // Registered once: polled between requests, when a drain closes the connection at once.
-    let mut drained = pin!(shutdown.cancelled());
+    let mut drained = pin!(shutdown.fired());
     let mut first = true;
     loop {
         // ---- the head
@@ -1240,7 +1240,7 @@ async fn requests<S: Stream>(
                     return Ok(End::Linger);
                 }
             }
-            if buf.is_empty() && shutdown.is_cancelled() {
+            if buf.is_empty() && shutdown.is_fired() {
                 return Ok(End::Close);
             }
             // Free room for a whole head; a head that fills it doubles the buffer.
@@ -1340,7 +1340,7 @@ async fn requests<S: Stream>(
             Some(at) => out.extend_from_slice(&CONTINUE[at..]),
             None => {}
         }
-        if shutdown.is_cancelled() {
+        if shutdown.is_fired() {
             keep_alive = false;
         }
         let (framing, keep) = encode_head(&mut out, &head, &body, &method, version, keep_alive);

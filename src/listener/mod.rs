@@ -18,12 +18,13 @@
 
 mod activity;
 pub mod http1;
+mod signal;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,16 +35,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::ClientBody;
 use crate::config::{Limits, ListenerConfig};
 use crate::metrics::ActiveConnection;
 use crate::proxy::{self, ConnContext};
-use crate::snapshot::{ListenerSettings, Shared};
+use crate::snapshot::{ListenerSettings, Shared, Snapshot};
 pub use activity::RequestGuard;
 use activity::{Activity, Expiry, WatchedIo};
+use signal::Signal;
 
 /// Pending connections the kernel queues for a listener.
 pub const DEFAULT_BACKLOG: i32 = 1024;
@@ -95,28 +97,41 @@ impl Listener {
     pub async fn serve(self, shared: Arc<Shared>, shutdown: CancellationToken, drain: Duration) {
         let mut capacity = Capacity::new(self.max_connections);
         let permits = capacity.permits.clone();
-        let mut settings = self.settings(&shared, None);
+        let mut snapshot = shared.snapshot();
+        let mut settings = self.settings(&snapshot, None);
         let mut builders = Arc::new(Builders::new(&settings.limits));
-        // Fired at the drain deadline: connections still open then are dropped.
-        let abort = CancellationToken::new();
+        // What the connections watch: `shutdown` as this loop sees it, and the drain deadline.
+        let signals = Arc::new(Signals::default());
         let metrics = crate::metrics::ListenerMetrics::new(&self.name);
+        // Long-lived, polled only while the loop waits: a busy loop that accepts at once
+        // registers with neither.
+        let mut stopped = pin!(shutdown.cancelled());
+        let mut swapped = pin!(shared.swapped());
         loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
+            // A permit first: past the limit, clients wait in the kernel's backlog.
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::Closed) => break,
+                Err(TryAcquireError::NoPermits) => tokio::select! {
+                    biased;
+                    () = stopped.as_mut() => break,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    // A reload while every permit is taken: a raised limit applies now.
+                    () = swapped.as_mut() => {
+                        swapped.set(shared.swapped());
+                        self.refresh(&shared, &mut snapshot, &mut settings, &mut builders, &mut capacity);
+                        continue;
+                    }
                 },
-                // A reload while every permit is taken: a raised limit applies now.
-                () = shared.swapped() => {
-                    self.refresh(&shared, &mut settings, &mut builders, &mut capacity);
-                    continue;
-                }
-                () = shutdown.cancelled() => break,
             };
             let Some(permit) = capacity.pay_debt(permit) else {
                 continue;
             };
             let (stream, client) = tokio::select! {
+                biased;
                 accepted = self.socket.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -126,16 +141,26 @@ impl Listener {
                         continue;
                     }
                 },
+                () = stopped.as_mut() => break,
                 // A reload while waiting: give the permit back, so that a lowered limit
                 // counts it as free, and take one again under the new limit.
-                () = shared.swapped() => {
-                    self.refresh(&shared, &mut settings, &mut builders, &mut capacity);
+                () = swapped.as_mut() => {
+                    swapped.set(shared.swapped());
+                    self.refresh(&shared, &mut snapshot, &mut settings, &mut builders, &mut capacity);
                     drop(permit);
                     continue;
                 }
-                () = shutdown.cancelled() => break,
             };
-            self.refresh(&shared, &mut settings, &mut builders, &mut capacity);
+            // A reload the wait above did not see (a connection was ready at once).
+            if !shared.is_current(&snapshot) {
+                self.refresh(
+                    &shared,
+                    &mut snapshot,
+                    &mut settings,
+                    &mut builders,
+                    &mut capacity,
+                );
+            }
             let proto = if settings.tls.is_some() {
                 "https"
             } else {
@@ -143,19 +168,17 @@ impl Listener {
             };
             let ctx = ConnContext::new(shared.clone(), self.name.clone(), client, proto);
             let builders = builders.clone();
-            let signals = Signals {
-                shutdown: shutdown.clone(),
-                abort: abort.clone(),
-            };
+            let signals = signals.clone();
             let settings = settings.clone();
             // Counted for as long as the client's stream exists, which is past the end of
             // `serve_connection` when an `Upgrade` hands it to a tunnel.
             let stream = Counted::new(stream, metrics.accepted());
             tokio::spawn(async move {
-                serve_connection(stream, ctx, &builders, &settings, signals).await;
+                serve_connection(stream, ctx, &builders, &settings, &signals).await;
                 drop(permit);
             });
         }
+        signals.shutdown.fire();
         drop(self.socket);
         let all = capacity.total();
         if tokio::time::timeout(drain, permits.acquire_many(all))
@@ -163,7 +186,7 @@ impl Listener {
             .is_err()
         {
             tracing::warn!(listener = %self.name, "drain deadline passed; closing the connections still open");
-            abort.cancel();
+            signals.abort.fire();
             // Aborted tasks return at their next poll; give them a moment to release.
             let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
         }
@@ -175,11 +198,13 @@ impl Listener {
     fn refresh(
         &self,
         shared: &Shared,
+        snapshot: &mut Arc<Snapshot>,
         settings: &mut Arc<ListenerSettings>,
         builders: &mut Arc<Builders>,
         capacity: &mut Capacity,
     ) {
-        let current = self.settings(shared, Some(settings));
+        *snapshot = shared.snapshot();
+        let current = self.settings(snapshot, Some(settings));
         if !Arc::ptr_eq(&current, settings) {
             *settings = current;
             *builders = Arc::new(Builders::new(&settings.limits));
@@ -187,14 +212,13 @@ impl Listener {
         }
     }
 
-    /// This listener's settings in the running snapshot; `last` when a reload removed it
-    /// (it is being closed and keeps serving its open connections as they were).
+    /// This listener's settings in `snapshot`; `last` when a reload removed it (it is being
+    /// closed and keeps serving its open connections as they were).
     fn settings(
         &self,
-        shared: &Shared,
+        snapshot: &Snapshot,
         last: Option<&Arc<ListenerSettings>>,
     ) -> Arc<ListenerSettings> {
-        let snapshot = shared.snapshot();
         match (snapshot.listener(&self.name), last) {
             (Some(current), _) => current.clone(),
             (None, Some(last)) => last.clone(),
@@ -264,11 +288,12 @@ impl Capacity {
     }
 }
 
-/// How the listener tells a connection to finish (`shutdown`) or to stop now (`abort`).
-#[derive(Debug)]
+/// How the listener tells its connections to finish (`shutdown`) or to stop now (`abort`,
+/// at the drain deadline).
+#[derive(Debug, Default)]
 struct Signals {
-    shutdown: CancellationToken,
-    abort: CancellationToken,
+    shutdown: Signal,
+    abort: Signal,
 }
 
 /// A listener's HTTP settings: our own HTTP/1.1 server's head limit, and hyper's HTTP/2
@@ -295,15 +320,12 @@ impl Builders {
 /// Serves one client connection until it closes or shutdown asks it to finish; on a TLS
 /// listener, after the handshake.
 async fn serve_connection(
-    stream: Counted<TcpStream>,
+    stream: Counted,
     ctx: ConnContext,
     builders: &Builders,
     settings: &ListenerSettings,
-    signals: Signals,
+    signals: &Signals,
 ) {
-    if let Err(error) = stream.io.set_nodelay(true) {
-        tracing::debug!(%error, "set_nodelay failed");
-    }
     // Created before the handshake: the first head's deadline counts from accept.
     let activity = Arc::new(Activity::new());
     let limits = &settings.limits;
@@ -324,27 +346,30 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// [`serve_connection`] on a plaintext listener: the first bytes tell HTTP/1.1 from h2c.
 async fn serve_plain(
-    mut stream: Counted<TcpStream>,
+    mut stream: Counted,
     ctx: ConnContext,
     builders: &Builders,
     limits: &Limits,
     activity: Arc<Activity>,
-    signals: Signals,
+    signals: &Signals,
 ) {
     let client = ctx.client;
     let mut buf = BytesMut::with_capacity(http1::INITIAL_READ);
     let sniffed = {
         let sniff = sniff(&mut stream, &mut buf, &activity);
-        let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout);
+        let watchdog =
+            activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout, true);
         tokio::select! {
+            // Polled first: when the request is already there, no timer is armed.
+            biased;
             sniffed = sniff => sniffed,
             _ = watchdog => {
                 tracing::debug!(%client, "request head timed out; closing");
                 return;
             }
             // Nothing to finish yet.
-            () = signals.shutdown.cancelled() => return,
-            () = signals.abort.cancelled() => return,
+            () = signals.shutdown.fired() => return,
+            () = signals.abort.fired() => return,
         }
     };
     // Boxed, each: the task then starts small and is copied cheaply when spawned, and
@@ -397,13 +422,13 @@ async fn sniff<S: AsyncRead + Unpin>(
 
 /// [`serve_connection`] on a TLS listener: the handshake, then HTTP on the decrypted stream.
 async fn serve_tls(
-    stream: Counted<TcpStream>,
+    stream: Counted,
     ctx: ConnContext,
     builders: &Builders,
     tls: &tls::TlsSettings,
     limits: &Limits,
     activity: Arc<Activity>,
-    signals: Signals,
+    signals: &Signals,
 ) {
     let client = ctx.client;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
@@ -421,8 +446,8 @@ async fn serve_tls(
             }
         },
         // Nothing to finish yet: a connection still in its handshake just closes.
-        () = signals.shutdown.cancelled() => return,
-        () = signals.abort.cancelled() => return,
+        () = signals.shutdown.fired() => return,
+        () = signals.abort.fired() => return,
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let io = WatchedIo::new(stream, activity.clone(), Bytes::new());
@@ -449,7 +474,7 @@ async fn serve_h1<S: http1::Stream + 'static>(
     builders: &Builders,
     limits: &Limits,
     activity: Arc<Activity>,
-    signals: Signals,
+    signals: &Signals,
 ) {
     let client = ctx.client;
     let settings = http1::Settings {
@@ -459,10 +484,12 @@ async fn serve_h1<S: http1::Stream + 'static>(
         tls: ctx.proto == "https",
     };
     let conn = http1::serve(stream, buf, &ctx, settings);
-    let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout);
+    // Our server ends each request in this task.
+    let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout, true);
     let result = tokio::select! {
+        biased;
         result = conn => result,
-        () = signals.abort.cancelled() => return,
+        () = signals.abort.fired() => return,
         expiry = watchdog => {
             // A stalled head is dropped; an idle connection has nothing to finish either.
             if expiry == Expiry::Header {
@@ -483,7 +510,7 @@ async fn serve_h2<S>(
     builder: &http2::Builder<TokioExecutor>,
     limits: &Limits,
     activity: Arc<Activity>,
-    signals: Signals,
+    signals: &Signals,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -500,17 +527,19 @@ async fn serve_h2<S>(
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout);
+    // hyper serves each request in a task of its own, which ends it.
+    let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout, false);
     tokio::pin!(watchdog);
     let result = tokio::select! {
+        biased;
         result = conn.as_mut() => result,
-        () = signals.abort.cancelled() => return,
-        () = signals.shutdown.cancelled() => {
+        () = signals.abort.fired() => return,
+        () = signals.shutdown.fired() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 result = conn.as_mut() => result,
                 _ = &mut watchdog => return,
-                () = signals.abort.cancelled() => return,
+                () = signals.abort.fired() => return,
             }
         }
         _ = &mut watchdog => {
@@ -523,7 +552,7 @@ async fn serve_h2<S>(
                     tracing::debug!(%client, "idle connection did not finish closing; dropping it");
                     return;
                 }
-                () = signals.abort.cancelled() => return,
+                () = signals.abort.fired() => return,
             }
         }
     };
@@ -532,25 +561,60 @@ async fn serve_h2<S>(
     }
 }
 
-/// A client stream that keeps its connection counted in `switchyard_connections_active` until
-/// it is dropped: when the connection ends, or, after an HTTP/1.1 `Upgrade`, when the tunnel
-/// that hyper handed it to ends.
+/// A client's socket. It keeps its connection counted in `switchyard_connections_active`
+/// until it is dropped: when the connection ends, or, after an HTTP/1.1 `Upgrade`, when the
+/// tunnel it was handed to ends.
+///
+/// It sets `TCP_NODELAY` just before its second write, as NGINX does for connections it keeps
+/// alive: Nagle's algorithm holds a small segment back only while an earlier small one is
+/// unacknowledged, so a connection that writes once (a `Connection: close` answer) is never
+/// delayed and does without the system call.
 #[derive(Debug)]
-struct Counted<S> {
-    io: S,
+struct Counted {
+    io: TcpStream,
     _active: ActiveConnection,
+    nodelay: Nodelay,
 }
 
-impl<S> Counted<S> {
-    fn new(io: S, active: ActiveConnection) -> Counted<S> {
+/// Where a client socket is on its way to `TCP_NODELAY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nodelay {
+    /// Nothing written yet.
+    Unwritten,
+    /// Written once: set before the next write.
+    Written,
+    /// Set (or failed to be; not tried again).
+    Set,
+}
+
+impl Counted {
+    fn new(io: TcpStream, active: ActiveConnection) -> Counted {
         Counted {
             io,
             _active: active,
+            nodelay: Nodelay::Unwritten,
+        }
+    }
+
+    /// Sets `TCP_NODELAY` when a write follows an earlier one.
+    fn before_write(&mut self) {
+        if self.nodelay == Nodelay::Written {
+            if let Err(error) = self.io.set_nodelay(true) {
+                tracing::debug!(%error, "set_nodelay failed");
+            }
+            self.nodelay = Nodelay::Set;
+        }
+    }
+
+    /// Notes the first write that sent bytes.
+    fn after_write(&mut self, polled: &Poll<io::Result<usize>>) {
+        if self.nodelay == Nodelay::Unwritten && matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.nodelay = Nodelay::Written;
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+impl AsyncRead for Counted {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -560,13 +624,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl AsyncWrite for Counted {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+        let this = self.get_mut();
+        this.before_write();
+        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        this.after_write(&polled);
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -582,10 +650,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.before_write();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.after_write(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_client_socket_sets_nodelay_before_its_second_write_only() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let metrics = crate::metrics::ListenerMetrics::new("nodelay-test");
+        let mut socket = Counted::new(accepted, metrics.accepted());
+        assert!(!socket.io.nodelay().unwrap());
+        socket.write_all(b"one").await.unwrap();
+        assert!(
+            !socket.io.nodelay().unwrap(),
+            "a connection that writes once never needs it"
+        );
+        socket.write_all(b"two").await.unwrap();
+        assert!(socket.io.nodelay().unwrap(), "set before the second write");
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"onetwo");
     }
 }

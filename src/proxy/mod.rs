@@ -12,6 +12,7 @@ pub mod headers;
 mod retry;
 mod tunnel;
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -61,8 +62,7 @@ impl ConnContext {
         client: SocketAddr,
         proto: &'static str,
     ) -> ConnContext {
-        let client_ip = HeaderValue::from_str(&client.ip().to_string())
-            .expect("an IP address is a valid header value");
+        let client_ip = ip_header_value(client.ip());
         ConnContext {
             shared,
             listener,
@@ -71,6 +71,24 @@ impl ConnContext {
             proto,
         }
     }
+}
+
+/// `ip` as a header value. The last one made on this thread is kept: connections come in runs
+/// from the same address (a client's pool, a load balancer in front), and each would
+/// otherwise format and allocate it again.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(&ip.to_string())
+                .expect("an IP address is a valid header value");
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
 }
 
 /// Serves one request; never fails: errors become the proxy's own answers.

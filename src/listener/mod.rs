@@ -97,16 +97,18 @@ impl Listener {
     pub async fn serve(self, shared: Arc<Shared>, shutdown: CancellationToken, drain: Duration) {
         let mut capacity = Capacity::new(self.max_connections);
         let permits = capacity.permits.clone();
+        // Created before the snapshot is read: a reload in between still wakes it.
+        let mut swapped = pin!(shared.swapped());
         let mut snapshot = shared.snapshot();
         let mut settings = self.settings(&snapshot, None);
         let mut builders = Arc::new(Builders::new(&settings.limits));
         // What the connections watch: `shutdown` as this loop sees it, and the drain deadline.
         let signals = Arc::new(Signals::default());
         let metrics = crate::metrics::ListenerMetrics::new(&self.name);
-        // Long-lived, polled only while the loop waits: a busy loop that accepts at once
-        // registers with neither.
+        // Long-lived: registered once, not once per accept. `stopped` is polled first at
+        // every wait, so neither a busy backlog nor failing accepts delay shutdown;
+        // `swapped` is polled only when the loop has to wait.
         let mut stopped = pin!(shutdown.cancelled());
-        let mut swapped = pin!(shared.swapped());
         loop {
             // A permit first: past the limit, clients wait in the kernel's backlog.
             let permit = match permits.clone().try_acquire_owned() {
@@ -132,16 +134,18 @@ impl Listener {
             };
             let (stream, client) = tokio::select! {
                 biased;
+                () = stopped.as_mut() => break,
                 accepted = self.socket.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(listener = %self.name, %error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
+                        tokio::select! {
+                            () = stopped.as_mut() => break,
+                            () = tokio::time::sleep(Duration::from_millis(10)) => continue,
+                        }
                     }
                 },
-                () = stopped.as_mut() => break,
                 // A reload while waiting: give the permit back, so that a lowered limit
                 // counts it as free, and take one again under the new limit.
                 () = swapped.as_mut() => {
@@ -565,10 +569,10 @@ async fn serve_h2<S>(
 /// until it is dropped: when the connection ends, or, after an HTTP/1.1 `Upgrade`, when the
 /// tunnel it was handed to ends.
 ///
-/// It sets `TCP_NODELAY` just before its second write, as NGINX does for connections it keeps
-/// alive: Nagle's algorithm holds a small segment back only while an earlier small one is
-/// unacknowledged, so a connection that writes once (a `Connection: close` answer) is never
-/// delayed and does without the system call.
+/// It sets `TCP_NODELAY` just before its second write (NGINX sets it when a connection enters
+/// keep-alive, to the same end): Nagle's algorithm holds a small segment back only while an
+/// earlier small one is unacknowledged, so the first write is never delayed, and a connection
+/// that writes once (a `Connection: close` answer) does without the system call.
 #[derive(Debug)]
 struct Counted {
     io: TcpStream,

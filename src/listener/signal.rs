@@ -2,10 +2,11 @@
 //! (the drain deadline).
 //!
 //! A connection checks these at every request and waits on them in every `select!`, which
-//! polls them each time its task wakes. `tokio_util`'s `CancellationToken` takes a mutex for
-//! both (one shared by every connection), so here the check is one atomic load, and a wait
-//! already registered with the task's waker is not polled again: the flag is set before the
-//! waiters are woken, so a woken wait sees it.
+//! polls them each time its task wakes. `tokio_util`'s `CancellationToken` takes a mutex
+//! shared by every connection for each check and each poll. Here the check is one atomic
+//! load, and a wait already registered with the task's waker is not polled again (the flag
+//! is set before the waiters are woken, so a woken wait sees it): the shared mutex (the
+//! `Notify`'s) is taken only when a wait registers and when it is dropped.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -27,6 +27,15 @@ fn small_head() -> HeaderMap {
     h
 }
 
+/// An API client's head with no hop-by-hop field at all (as from an HTTP/2 client, or `wrk`).
+fn bare_head() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("api.example.com"));
+    h.insert("user-agent", HeaderValue::from_static("curl/8.5.0"));
+    h.insert("accept", HeaderValue::from_static("*/*"));
+    h
+}
+
 /// A browser-sized head behind another proxy, with one extra hop-by-hop name.
 fn browser_head() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -69,7 +78,11 @@ fn bench_headers(c: &mut Criterion) {
     let host = HeaderValue::from_static("www.example.com");
     let ids = RequestIds::new();
     let mut group = c.benchmark_group("headers");
-    for (shape, head) in [("small", small_head()), ("browser", browser_head())] {
+    for (shape, head) in [
+        ("bare", bare_head()),
+        ("small", small_head()),
+        ("browser", browser_head()),
+    ] {
         group.bench_with_input(BenchmarkId::new("clone", shape), &head, |b, head| {
             b.iter(|| black_box(head.clone()));
         });

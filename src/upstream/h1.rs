@@ -17,6 +17,7 @@
 
 use std::future::poll_fn;
 use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
@@ -394,10 +395,17 @@ impl Conn {
         upstream: &Arc<Upstream>,
     ) -> Result<Response<Body>, Error> {
         let head = self.rbuf.split_to(len).freeze();
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        match parsed.parse(&head) {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            &head,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(_)) => {}
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Error::Parse("too many response fields"))
+            }
             _ => return Err(Error::Parse("invalid response head")),
         }
         let status = parsed
@@ -530,27 +538,48 @@ fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>, want: usize) -> Poll<io::Res
 }
 
 /// Drops complete interim (1xx other than 101) heads at the front of `buf`; the length of a
-/// complete final head there, if any.
+/// complete final head there, if any. Only finds where heads end and reads their status
+/// codes: the final head is parsed once, by [`Conn::response`].
 fn final_head_len(buf: &mut BytesMut) -> Result<Option<usize>, Error> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let len = match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Error::Parse("too many response fields"))
-            }
-            Err(_) => return Err(Error::Parse("invalid response head")),
+        // Empty lines before a status line are skipped, as httparse does.
+        while let Some(skip) = [&b"\r\n"[..], b"\n"].iter().find(|e| buf.starts_with(e)) {
+            buf.advance(skip.len());
+        }
+        if buf.len() >= 5 && !buf.starts_with(b"HTTP/") {
+            return Err(Error::Parse("invalid response head"));
+        }
+        let Some(len) = head_end(buf) else {
+            return Ok(None);
         };
         if len > MAX_HEAD {
             return Err(Error::Parse("response head too large"));
         }
-        match parsed.code {
-            Some(code) if (100..200).contains(&code) && code != 101 => buf.advance(len),
-            _ => return Ok(Some(len)),
+        // `HTTP/1.1 100 ...`: the code is bytes 9-11 (a malformed line fails the parse).
+        let interim = buf.get(9..12).is_some_and(|code| {
+            code[0] == b'1' && code != b"101" && code[1..].iter().all(u8::is_ascii_digit)
+        });
+        if !interim {
+            return Ok(Some(len));
+        }
+        buf.advance(len);
+    }
+}
+
+/// The length of the head at the front of `buf` (up to and including its empty line), as
+/// httparse counts it: lines end with CRLF or a bare LF.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = buf[from..].iter().position(|&b| b == b'\n') {
+        let next = from + at + 1;
+        match buf.get(next..next + 2) {
+            Some([b'\n', _]) => return Some(next + 1),
+            Some(b"\r\n") => return Some(next + 2),
+            None if buf.get(next) == Some(&b'\n') => return Some(next + 1),
+            _ => from = next,
         }
     }
+    None
 }
 
 fn has_final_head(buf: &mut BytesMut) -> Result<bool, Error> {
@@ -1099,12 +1128,23 @@ mod tests {
         assert!(buf.starts_with(b"HTTP/1.1 200"));
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: 1\r\n"[..]);
         assert_eq!(final_head_len(&mut partial).unwrap(), None);
-        let mut many = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
-        for i in 0..=MAX_HEADERS {
-            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
-        }
-        many.extend_from_slice(b"\r\n");
-        assert!(final_head_len(&mut many).is_err());
+        partial.extend_from_slice(b"\r");
+        assert_eq!(final_head_len(&mut partial).unwrap(), None);
+        partial.extend_from_slice(b"\nbody");
+        assert_eq!(final_head_len(&mut partial).unwrap(), Some(25));
+        // Bare LF line ends, and empty lines before the status line.
+        let mut bare =
+            BytesMut::from(&b"\r\n\nHTTP/1.1 103 Early\nlink: x\n\nHTTP/1.1 204 No\n\n"[..]);
+        assert_eq!(final_head_len(&mut bare).unwrap(), Some(17));
+        assert!(bare.starts_with(b"HTTP/1.1 204"));
+        // A switch is final; garbage fails at once, before any empty line.
+        let mut switch = BytesMut::from(&b"HTTP/1.1 101 Switching\r\n\r\n"[..]);
+        assert_eq!(final_head_len(&mut switch).unwrap(), Some(26));
+        assert!(final_head_len(&mut BytesMut::from(&b"SSH-2.0-x"[..])).is_err());
+        let mut huge = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        huge.extend_from_slice(&vec![b'x'; MAX_HEAD]);
+        huge.extend_from_slice(b": v\r\n\r\n");
+        assert!(final_head_len(&mut huge).is_err());
     }
 
     /// A one-connection upstream that answers each request head with the next of `answers`,
@@ -1222,6 +1262,11 @@ mod tests {
             huge.extend_from_slice(format!("x-big: {}\r\n", "v".repeat(1400)).as_bytes());
         }
         huge.extend_from_slice(b"\r\n");
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
         for (answer, want) in [
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok".to_vec(),
@@ -1232,6 +1277,11 @@ mod tests {
                 "content-length",
             ),
             (b"NOT HTTP\r\n\r\n".to_vec(), "invalid response head"),
+            (
+                b"HTTP/1.1 200 OK\r\nbad field\r\n\r\n".to_vec(),
+                "invalid response head",
+            ),
+            (many, "too many response fields"),
             (huge, "too large"),
         ] {
             let up = upstream(vec![answer]).await;

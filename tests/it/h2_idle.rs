@@ -10,16 +10,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::support::{read_until_closed, Backend, Proxy, DEADLINE};
+use crate::limits::proxy_with_limits;
+use crate::support::{read_until_closed, Backend, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_client_silent_after_its_preface_is_closed_after_idle_timeout() {
     let backend = Backend::start("b").await;
-    let yaml = format!(
-        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\n    limits: {{ header_timeout: 300ms, idle_timeout: 200ms }}\naccess_log: off\nroutes:\n  - name: all\n    match: {{ path_prefix: \"/\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
-        backend.addr
-    );
-    let proxy = Proxy::start(&yaml).await;
+    let proxy = proxy_with_limits(&backend, "header_timeout: 300ms, idle_timeout: 200ms").await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     // The preface, then silence: no SETTINGS, no answer to the GOAWAY's PING.
     stream
@@ -36,11 +33,7 @@ async fn an_h2_connection_idle_after_a_slow_answer_is_closed_after_idle_timeout(
     // The answer takes longer than the idle timeout (it must not be cut), and it ends in a
     // task other than the connection's: the idle countdown must still start from its end.
     let backend = Backend::start("b").await;
-    let yaml = format!(
-        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\n    limits: {{ header_timeout: 5s, idle_timeout: 300ms }}\naccess_log: off\nroutes:\n  - name: all\n    match: {{ path_prefix: \"/\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
-        backend.addr
-    );
-    let proxy = Proxy::start(&yaml).await;
+    let proxy = proxy_with_limits(&backend, "header_timeout: 5s, idle_timeout: 300ms").await;
     let stream = TcpStream::connect(proxy.addr).await.unwrap();
     let mut sender = crate::support::h2_client(stream).await;
     let started = Instant::now();

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::support::{self, Backend, Client, Proxy};
 
-async fn proxy_with_limits(backend: &Backend, limits: &str) -> Proxy {
+pub(crate) async fn proxy_with_limits(backend: &Backend, limits: &str) -> Proxy {
     Proxy::start(&format!(
         "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\n    limits: {{ {limits} }}\naccess_log: off\nroutes:\n  - name: r\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
         backend.addr

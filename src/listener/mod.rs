@@ -525,7 +525,9 @@ async fn serve_h2<S>(
         let ctx = ctx.clone();
         let guard = requests.start_request();
         async move {
-            let response = proxy::handle(&ctx, req.map(ClientBody::H2)).await;
+            // Boxed: hyper spawns each stream's future as a task of its own and moves it on
+            // the way there; unboxed, every move copies the whole request future (5 KiB).
+            let response = Box::pin(proxy::handle(&ctx, req.map(ClientBody::H2))).await;
             Ok::<_, Infallible>(response.map(|body| body.with_request_guard(guard)))
         }
     });

@@ -264,7 +264,9 @@ async fn forward(
     }
     let candidates = pool.candidates().upstreams.len();
     let replay = retry::Replay::capture(&parts, &body, route.retries, candidates);
-    let req = Request::from_parts(parts, body);
+    // Boxed once here, it travels down to the connection as a pointer: each `async fn` on
+    // the way would otherwise keep room for it (280 bytes) in the request's future.
+    let req = Box::new(Request::from_parts(parts, body));
     let mut current = None;
     let mut forwarded = match tokio::time::timeout(
         route.timeout,

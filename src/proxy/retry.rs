@@ -108,7 +108,7 @@ pub(crate) async fn attempts(
     pool: &Pool,
     retries: u32,
     key: Option<u64>,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     replay: Option<Replay>,
     current: &mut Option<Arc<Upstream>>,
 ) -> Result<Forwarded, ProxyError> {
@@ -122,7 +122,10 @@ pub(crate) async fn attempts(
         let Some(upstream) = pick(pool, key, &tried[..attempt]) else {
             break;
         };
-        let Some(request) = req.take().or_else(|| replay.as_ref().map(Replay::request)) else {
+        let Some(request) = req
+            .take()
+            .or_else(|| replay.as_ref().map(|r| Box::new(r.request())))
+        else {
             break;
         };
         tried[attempt] = Arc::as_ptr(&upstream) as usize;
@@ -162,7 +165,7 @@ pub(crate) async fn attempts(
             Err(Failure::Connect(error, request)) => {
                 tracing::debug!(upstream = %upstream.id, %error, "upstream connect failed");
                 pool.report_outcome(&upstream, Some(Reason::from_client_error(&error)));
-                req = Some(*request);
+                req = Some(request);
                 last_error = Some(ProxyError::UpstreamConnect(error));
             }
             Err(Failure::Exchange(error)) => {
@@ -214,7 +217,7 @@ enum Failure {
 async fn exchange(
     upstream: &Arc<Upstream>,
     pool: &Pool,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
 ) -> Result<(Response<UpstreamBody>, Connection), Failure> {
     if pool.protocol == Protocol::Http1 && !req.headers().contains_key(http::header::UPGRADE) {
         return exchange_h1(upstream, pool, req).await;
@@ -228,7 +231,7 @@ async fn exchange(
 async fn exchange_h1(
     upstream: &Arc<Upstream>,
     pool: &Pool,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
 ) -> Result<(Response<UpstreamBody>, Connection), Failure> {
     let detached = || Connection::detached(upstream.clone());
     let pooled = upstream.h1_idle.pop();
@@ -238,7 +241,7 @@ async fn exchange_h1(
         // Boxed for the size of the request's future, as in `Connector::checkout`.
         None => match Box::pin(pool.connector.open_h1(upstream)).await {
             Ok(conn) => conn,
-            Err(error) => return Err(Failure::Connect(error, Box::new(req))),
+            Err(error) => return Err(Failure::Connect(error, req)),
         },
     };
     let req = match conn.send(req, upstream).await {
@@ -252,7 +255,7 @@ async fn exchange_h1(
         Ok(conn) => conn,
         Err(error) => return Err(Failure::Connect(error, req)),
     };
-    match conn.send(*req, upstream).await {
+    match conn.send(req, upstream).await {
         Ok(response) => Ok((response.map(UpstreamBody::H1), detached())),
         Err(SendError::Failed(error)) => Err(Failure::Exchange(error)),
         Err(SendError::NotSent(req)) => Err(Failure::Connect(ClientError::Closed, req)),
@@ -263,13 +266,13 @@ async fn exchange_h1(
 async fn exchange_hyper(
     upstream: &Arc<Upstream>,
     pool: &Pool,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
 ) -> Result<(Response<Incoming>, Connection), Failure> {
     let mut conn = match pool.connector.checkout(upstream).await {
         Ok(conn) => conn,
-        Err(error) => return Err(Failure::Connect(error, Box::new(req))),
+        Err(error) => return Err(Failure::Connect(error, req)),
     };
-    let req = match conn.send(req).await {
+    let req = match conn.send(*req).await {
         Ok(response) => return Ok((response, conn)),
         Err(SendError::Failed(error)) => return Err(Failure::Exchange(error)),
         // The upstream closed this pooled connection just before we used it: the request

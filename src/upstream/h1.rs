@@ -187,7 +187,7 @@ impl Conn {
     /// connection and returns it to `upstream`'s idle list when done (see [`Body`]).
     pub async fn send(
         mut self,
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
         upstream: &Arc<Upstream>,
     ) -> Result<Response<Body>, SendError> {
         let (parts, mut body) = req.into_parts();
@@ -1183,7 +1183,7 @@ mod tests {
     ) -> Result<Response<Body>, SendError> {
         let mut req = Request::new(RequestBody::empty());
         *req.method_mut() = method;
-        conn.send(req, up).await
+        conn.send(Box::new(req), up).await
     }
 
     fn error_of(result: Result<Response<Body>, SendError>) -> String {

@@ -7,6 +7,9 @@
 //! sleeps until the nearest deadline: a stalled head (the first one counted from accept)
 //! closes the connection, an idle one is closed gracefully. All state is a few relaxed
 //! atomics per connection; the request path pays two atomic increments and a clock read.
+//! [`WatchedIo`] also gathers an HTTP/2 connection's writes: the first write of a burst
+//! waits one turn of the scheduler, so the responses of every stream ready by then leave in
+//! one `writev`.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -187,6 +190,10 @@ pub(super) struct WatchedIo<S> {
     activity: Arc<Activity>,
     /// Read while telling HTTP/1.1 from HTTP/2; already reported.
     read: Bytes,
+    /// The next write has been put off once (see [`WatchedIo::poll_write`]).
+    deferred: bool,
+    /// Something was written since then.
+    wrote: bool,
 }
 
 impl<S> WatchedIo<S> {
@@ -198,6 +205,31 @@ impl<S> WatchedIo<S> {
             inner,
             activity,
             read,
+            deferred: false,
+            wrote: false,
+        }
+    }
+
+    /// Puts the first write of a burst off by one turn of the scheduler: the task wakes
+    /// itself, which tokio treats as a yield (to the back of the run queue). An HTTP/2
+    /// connection is woken by each stream task that finishes a response; without this it
+    /// would run at once (tokio's LIFO slot), write that one response, and be woken again
+    /// by the next stream, one `writev` and one wake-up of the client each. Put off, it
+    /// writes what every stream ready in the same turn has queued, together.
+    fn defer(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.deferred {
+            return false;
+        }
+        self.deferred = true;
+        self.wrote = false;
+        cx.waker().wake_by_ref();
+        true
+    }
+
+    /// Notes a write; `polled` is its outcome.
+    fn wrote(&mut self, polled: &Poll<io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.wrote = true;
         }
     }
 }
@@ -220,6 +252,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         if buf.filled().len() > before {
             this.activity.read();
         }
+        if polled.is_pending() && this.wrote {
+            // Everything there was read, after a write: the next write starts a new burst.
+            this.deferred = false;
+            this.wrote = false;
+        }
         polled
     }
 }
@@ -230,7 +267,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        if this.defer(cx) {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.wrote(&polled);
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -246,7 +289,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.defer(cx) {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -278,5 +327,61 @@ mod tests {
         assert_eq!(&rest[..n], b"* ");
         let n = io.read(&mut rest).await.unwrap();
         assert_eq!(&rest[..n], b"HTTP/2.0");
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_first_write_of_a_burst_waits_one_turn_and_wakes_its_task() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = WatchedIo::new(server, Arc::new(Activity::new()), Bytes::new());
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let wakes = || count.0.load(Ordering::Relaxed);
+
+        // Put off once, with a wake-up so the task comes back to it.
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"one").is_pending());
+        assert_eq!(wakes(), 1);
+        // Then written, and so are the writes after it in the same burst.
+        assert!(matches!(
+            Pin::new(&mut io).poll_write(&mut cx, b"one"),
+            Poll::Ready(Ok(3))
+        ));
+        let bufs = [io::IoSlice::new(b"two")];
+        assert!(matches!(
+            Pin::new(&mut io).poll_write_vectored(&mut cx, &bufs),
+            Poll::Ready(Ok(3))
+        ));
+        assert_eq!(wakes(), 1);
+
+        // A read that finds nothing ends the burst: the next write waits again.
+        let mut scratch = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut scratch);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_pending());
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"three").is_pending());
+        assert_eq!(wakes(), 2);
+        // A read that finds nothing before anything was written does not start another.
+        let mut buf = ReadBuf::new(&mut scratch);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_pending());
+        assert!(matches!(
+            Pin::new(&mut io).poll_write(&mut cx, b"three"),
+            Poll::Ready(Ok(5))
+        ));
+
+        let mut got = [0u8; 11];
+        let mut read = ReadBuf::new(&mut got);
+        let mut client_cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut client)
+            .poll_read(&mut client_cx, &mut read)
+            .is_ready());
+        assert_eq!(read.filled(), b"onetwothree");
     }
 }

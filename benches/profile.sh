@@ -16,7 +16,8 @@
 #   ones are not without frame pointers; `dwarf`: userspace chains through DWARF unwinding,
 #   costly: use a short DURATION) and writes the callers of the hottest symbols,
 #   TARGET [switchyard] (`nginx`: the same passes on an NGINX proxy, one worker, upstream
-#   keep-alive, as in compare.sh, for a side-by-side reading),
+#   keep-alive, as in compare.sh, for a side-by-side reading; `haproxy`: on HAProxy, one
+#   thread, as in compare.sh, h2c included),
 #   ACCESS_LOG [off] (`file` profiles with the access log written to a file in the temp dir),
 #   LOAD [keepalive] (`h2c`: h2load -c50 -m10 with HTTP/2 prior knowledge; `c1000`: wrk -c1000;
 #   `close`: a new connection per request; `64k`: 64 KiB responses),
@@ -130,10 +131,35 @@ mkdir -p "$TMP/nginx"
     echo "}"
 } >"$TMP/nginx.conf"
 
+# HAProxy as compare.sh runs it: one thread, round robin, its default connection reuse; the
+# listener speaks h2c (prior knowledge) under LOAD=h2c, HTTP/1.1 otherwise.
+h2=""
+[ "$LOAD" = h2c ] && h2=" proto h2"
+{
+    echo "global"
+    echo "  nbthread 1"
+    echo "  maxconn 4096"
+    echo "defaults"
+    echo "  mode http"
+    echo "  maxconn 4096"
+    echo "  timeout connect 5s"
+    echo "  timeout client 60s"
+    echo "  timeout server 60s"
+    echo "  option forwardfor"
+    echo "frontend bench"
+    echo "  bind 127.0.0.1:${PORTS[3]}$h2"
+    echo "  default_backend backends"
+    echo "backend backends"
+    echo "  balance roundrobin"
+    for p in "${PORTS[@]:0:3}"; do echo "  server b$p 127.0.0.1:$p"; done
+} >"$TMP/haproxy.cfg"
+
 # Starts the proxy; PROXY is the process to stop, TRACED the one to profile (NGINX's worker).
 start_proxy() {
     if [ "${TARGET:-switchyard}" = nginx ]; then
         "${ON_PROXY_CPU[@]}" nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -e stderr 2>"$TMP/proxy.err" &
+    elif [ "${TARGET:-switchyard}" = haproxy ]; then
+        "${ON_PROXY_CPU[@]}" haproxy -f "$TMP/haproxy.cfg" -db 2>"$TMP/proxy.err" &
     else
         "${ON_PROXY_CPU[@]}" "$BIN" run --config "$TMP/sy/proxy.yaml" --workers 1 --log-level warn \
             2>"$TMP/proxy.err" &
@@ -145,7 +171,11 @@ start_proxy() {
     if [ "${TARGET:-switchyard}" = nginx ]; then
         TRACED=$(awk -v m="$PROXY" '$4 == m {print $1; exit}' /proc/[0-9]*/stat 2>/dev/null)
     fi
-    "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d1s "http://127.0.0.1:${PORTS[3]}/" >/dev/null
+    if [ "$LOAD" = h2c ]; then
+        "${ON_LOAD_CPU[@]}" h2load -t1 -c50 -m10 -D 1 "http://127.0.0.1:${PORTS[3]}/" >/dev/null
+    else
+        "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d1s "http://127.0.0.1:${PORTS[3]}/" >/dev/null
+    fi
 }
 stop_proxy() {
     local pid keep=()

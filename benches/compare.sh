@@ -8,7 +8,9 @@
 # stime of the proxy and its children from /proc/PID/stat, before and after), requests per
 # proxy CPU-second, peak RSS (VmHWM summed over the proxy's processes) and errors (non-2xx
 # and socket errors). The report is one markdown table per scenario: medians over the
-# repetitions, then switchyard's ratios to each peer.
+# repetitions, then switchyard's ratios to each peer: the ratio of the medians, and the median
+# of the ratios within each repetition ("paired"), which a machine whose speed drifts over
+# minutes disturbs less.
 #
 # Usage (as root, or with the tools already installed):
 #   ./benches/compare.sh
@@ -395,6 +397,15 @@ median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 
 # Median of column $3 (1-based in the TSV) for scenario $1, proxy $2.
 med() { awk -F'\t' -v s="$1" -v p="$2" -v c="$3" '$1 == s && $2 == p {print $c}' "$TMP/results.tsv" | median; }
 
+# Median over the repetitions of proxy $2's requests per CPU-second over peer $3's in the same
+# repetition, for scenario $1: the two ran minutes apart at most, so a slow stretch of the
+# machine weighs on both sides of each ratio.
+paired() {
+    awk -F'\t' -v s="$1" -v a="$2" -v b="$3" '$1 == s && $2 == a {x[$3] = $8}
+        $1 == s && $2 == b {y[$3] = $8}
+        END {for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r]}' "$TMP/results.tsv" | median
+}
+
 report() {
     local scenario proxy peer
     echo "## Results"
@@ -404,6 +415,8 @@ report() {
     echo "CPU use = that over the run's length (100% = the proxy's CPU was the limit; below it the"
     echo "load generator and backends on the other CPU were). other CPU s = busy time other processes"
     echo "took on the proxy's CPU during the run. Errors = non-2xx answers + socket errors."
+    echo "Ratios: efficiency is the ratio of the median requests per CPU-second; paired is the median"
+    echo "over the repetitions of that ratio within each (the two proxies ran back to back)."
     for scenario in ${SCENARIOS//,/ }; do
         echo
         echo "### $scenario"
@@ -427,13 +440,15 @@ report() {
                 [[ $peer == "$proxy" || $peer == switchyard-log || $peer == sy-* ]] && continue
                 awk -v s="$proxy" -v p="$peer" \
                     -v e1="$(med "$scenario" "$proxy" 8)" -v e2="$(med "$scenario" "$peer" 8)" \
+                    -v pr="$(paired "$scenario" "$proxy" "$peer")" \
                     -v l1="$(med "$scenario" "$proxy" 6)" -v l2="$(med "$scenario" "$peer" 6)" \
                     -v m1="$(med "$scenario" "$proxy" 9)" -v m2="$(med "$scenario" "$peer" 9)" 'BEGIN {
-                    printf "| %s / %s | req per CPU-s x%.2f | p99 x%.2f | RSS %+.1f MiB |\n",
-                        s, p, (e2 > 0 ? e1 / e2 : 0), (l2 > 0 ? l1 / l2 : 0), (m1 - m2) / 1024 }'
+                    printf "| %s / %s | req per CPU-s x%.2f | x%.2f | p99 x%.2f | RSS %+.1f MiB |\n",
+                        s, p, (e2 > 0 ? e1 / e2 : 0), pr, (l2 > 0 ? l1 / l2 : 0), (m1 - m2) / 1024 }'
             done
         done | { read -r first || exit 0
-                 echo; echo "| ratio | efficiency | p99 latency | peak RSS |"; echo "|---|---|---|---|"
+                 echo; echo "| ratio | efficiency | paired | p99 latency | peak RSS |"
+                 echo "|---|---|---|---|---|"
                  echo "$first"; cat; }
     done
 }

@@ -263,3 +263,43 @@ async fn an_http2_prior_knowledge_client_is_proxied_to_an_http1_pool() {
         assert_eq!(header_line(&text, "host"), Some("h2.example"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_on_one_connection_run_side_by_side_and_finish_during_a_drain() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let sender = crate::support::h2_client(stream).await;
+    // Four slow requests at once on one connection. The streams run in the connection's task
+    // (`listener::streams`): all four must reach the backend before any is answered.
+    let requests: Vec<_> = (0..4)
+        .map(|i| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let req = Request::get(format!("http://h2.example/slow/1500?n={i}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let response = sender.send_request(req).await.unwrap();
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (status, body)
+            })
+        })
+        .collect();
+    crate::support::eventually("all four requests at the backend", || {
+        backend.requests() == 4
+    })
+    .await;
+    assert!(
+        requests.iter().all(|r| !r.is_finished()),
+        "the streams ran side by side"
+    );
+    // A drain lets the streams in flight finish.
+    let stopping = tokio::spawn(proxy.server.shutdown());
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], b"b");
+    }
+    stopping.await.unwrap();
+}

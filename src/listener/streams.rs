@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use tokio::task::coop::has_budget_remaining;
 
 /// A stream's future, as hyper hands it over.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -59,6 +60,9 @@ pub(super) struct Streams {
     running: FuturesUnordered<Guarded>,
     /// Kept between polls so its allocation is reused.
     inbox: Vec<StreamFuture>,
+    /// The streams used up the task's budget last time (see [`Streams::poll_with`]): the
+    /// connection goes first this time.
+    connection_first: bool,
 }
 
 impl Streams {
@@ -85,26 +89,42 @@ impl Streams {
 
     /// Polls the streams that are ready, then the connection, until neither makes progress;
     /// the connection's result once it has finished.
+    ///
+    /// The streams and the connection share the task's tokio budget (each socket operation
+    /// that makes progress spends one unit; past 128, tokio answers `Pending` and wakes the
+    /// task for its next turn). Streams stop being polled when it runs out, and a connection
+    /// that went without then goes first on the next turn, so many busy streams cannot keep
+    /// its own reads and writes (flow control, pings) waiting.
     pub(super) fn poll_with<C: Future>(
         &mut self,
         cx: &mut Context<'_>,
         mut conn: Pin<&mut C>,
     ) -> Poll<C::Output> {
         loop {
-            // Streams first: the responses they finish are then written by the poll of the
-            // connection below, together.
-            let ((), mut queued) =
-                self.enter(
-                    |running| {
-                        while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
-                    },
-                );
+            // Streams first, as a rule: the responses they finish are then written by the
+            // poll of the connection below, together.
+            let streams_first = !std::mem::take(&mut self.connection_first);
+            let mut queued = false;
+            if streams_first {
+                ((), queued) = self.enter(|running| {
+                    while has_budget_remaining() {
+                        if !matches!(running.poll_next_unpin(cx), Poll::Ready(Some(()))) {
+                            break;
+                        }
+                    }
+                });
+            }
             let (polled, more) = self.enter(|_| conn.as_mut().poll(cx));
-            queued |= more;
             if let Poll::Ready(output) = polled {
                 return Poll::Ready(output);
             }
-            if !queued {
+            if !has_budget_remaining() {
+                // tokio has woken the task for its next turn.
+                self.connection_first = true;
+                return Poll::Pending;
+            }
+            // After the connection went first, its streams' turn comes now.
+            if streams_first && !queued && !more {
                 return Poll::Pending;
             }
         }
@@ -117,7 +137,9 @@ struct Restore(Option<Vec<StreamFuture>>);
 impl Drop for Restore {
     fn drop(&mut self) {
         let outer = self.0.take();
-        INBOX.with(|slot| *slot.borrow_mut() = outer);
+        // Dropped outside the borrow: a stream future's own drop may call the executor.
+        let left = INBOX.with(|slot| slot.replace(outer));
+        drop(left);
     }
 }
 
@@ -220,6 +242,42 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), rx)
             .await
             .expect("the spawned stream ran")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn streams_that_use_up_the_budget_do_not_starve_their_connection() {
+        let served = tokio::spawn(async {
+            let mut streams = Streams::default();
+            // Streams that are always ready (as with a socket that always has data): each
+            // poll spends all the budget there is, and the stream is at once ready again.
+            let ((), queued) = streams.enter(|_| {
+                for _ in 0..4 {
+                    StreamExecutor.execute(std::future::poll_fn(|cx| {
+                        loop {
+                            let mut unit = std::pin::pin!(tokio::task::coop::consume_budget());
+                            if unit.as_mut().poll(cx).is_pending() {
+                                break;
+                            }
+                        }
+                        cx.waker().wake_by_ref();
+                        Poll::<()>::Pending
+                    }));
+                }
+            });
+            assert!(queued);
+            // A connection that needs budget for each of its three steps.
+            let conn = std::pin::pin!(async {
+                for _ in 0..3 {
+                    tokio::task::coop::consume_budget().await;
+                }
+            });
+            let mut conn = conn;
+            std::future::poll_fn(|cx| streams.poll_with(cx, conn.as_mut())).await;
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(5), served)
+            .await
+            .expect("the connection got its turns")
             .unwrap();
     }
 

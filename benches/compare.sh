@@ -64,6 +64,8 @@ ON_PROXY_CPU=(nice -n "$NICE" taskset -c "$PROXY_CPU")
 ON_LOAD_CPU=(nice -n "$NICE" taskset -c "$LOAD_CPU")
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib/haproxy.sh
+. "$ROOT/benches/lib/haproxy.sh"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-compare.XXXXXX")
 # NGINX workers drop to `nobody` when started as root: they must read the 64 KiB file.
 chmod 755 "$TMP"
@@ -263,29 +265,8 @@ write_proxies() {
         echo "}"
     } >"$TMP/nginx.conf"
     # HAProxy: `proto h2` on its own bind for h2c prior knowledge.
-    {
-        echo "global"
-        echo "  nbthread 1"
-        echo "  maxconn 4096"
-        echo "defaults"
-        echo "  mode http"
-        echo "  maxconn 4096"
-        echo "  timeout connect 5s"
-        echo "  timeout client 60s"
-        echo "  timeout server 60s"
-        echo "  option forwardfor"
-        echo "frontend bench"
-        echo "  bind 127.0.0.1:$PROXY_PORT"
-        echo "  bind 127.0.0.1:$PROXY_H2_PORT proto h2"
-        echo "  default_backend backends"
-        echo "backend backends"
-        echo "  balance roundrobin"
-        local i=0
-        for b in "${BACKEND_PORTS[@]}"; do
-            i=$((i + 1))
-            echo "  server b$i 127.0.0.1:$b"
-        done
-    } >"$TMP/haproxy.cfg"
+    haproxy_config "127.0.0.1:$PROXY_PORT" "127.0.0.1:$PROXY_H2_PORT proto h2" \
+        -- "${BACKEND_PORTS[@]}" >"$TMP/haproxy.cfg"
 }
 
 # Starts one proxy pinned to PROXY_CPU; sets PROXY_PID.

@@ -33,6 +33,8 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 NICE=${NICE:-0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib/haproxy.sh
+. "$ROOT/benches/lib/haproxy.sh"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-profile.XXXXXX")
 chmod 755 "$TMP"
 OUT=${OUT:-$TMP}
@@ -131,28 +133,11 @@ mkdir -p "$TMP/nginx"
     echo "}"
 } >"$TMP/nginx.conf"
 
-# HAProxy as compare.sh runs it: one thread, round robin, its default connection reuse; the
-# listener speaks h2c (prior knowledge) under LOAD=h2c, HTTP/1.1 otherwise.
+# HAProxy as compare.sh runs it; its listener speaks h2c (prior knowledge) under LOAD=h2c,
+# HTTP/1.1 otherwise.
 h2=""
 [ "$LOAD" = h2c ] && h2=" proto h2"
-{
-    echo "global"
-    echo "  nbthread 1"
-    echo "  maxconn 4096"
-    echo "defaults"
-    echo "  mode http"
-    echo "  maxconn 4096"
-    echo "  timeout connect 5s"
-    echo "  timeout client 60s"
-    echo "  timeout server 60s"
-    echo "  option forwardfor"
-    echo "frontend bench"
-    echo "  bind 127.0.0.1:${PORTS[3]}$h2"
-    echo "  default_backend backends"
-    echo "backend backends"
-    echo "  balance roundrobin"
-    for p in "${PORTS[@]:0:3}"; do echo "  server b$p 127.0.0.1:$p"; done
-} >"$TMP/haproxy.cfg"
+haproxy_config "127.0.0.1:${PORTS[3]}$h2" -- "${PORTS[@]:0:3}" >"$TMP/haproxy.cfg"
 
 # Starts the proxy; PROXY is the process to stop, TRACED the one to profile (NGINX's worker).
 start_proxy() {

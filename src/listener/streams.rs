@@ -91,10 +91,10 @@ impl Streams {
     /// the connection's result once it has finished.
     ///
     /// The streams and the connection share the task's tokio budget (each socket operation
-    /// that makes progress spends one unit; past 128, tokio answers `Pending` and wakes the
-    /// task for its next turn). Streams stop being polled when it runs out, and a connection
-    /// that went without then goes first on the next turn, so many busy streams cannot keep
-    /// its own reads and writes (flow control, pings) waiting.
+    /// that makes progress spends one unit; past 128, tokio answers `Pending`). Streams stop
+    /// being polled when it runs out, the task yields, and the connection goes first on the
+    /// next turn, so many busy streams cannot keep its own reads and writes (flow control,
+    /// pings) waiting.
     pub(super) fn poll_with<C: Future>(
         &mut self,
         cx: &mut Context<'_>,
@@ -119,8 +119,10 @@ impl Streams {
                 return Poll::Ready(output);
             }
             if !has_budget_remaining() {
-                // tokio has woken the task for its next turn.
+                // Streams may be left ready: come back on the next turn (a self-wake, which
+                // tokio treats as a yield), the connection first.
                 self.connection_first = true;
+                cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
             // After the connection went first, its streams' turn comes now.

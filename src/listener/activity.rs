@@ -8,8 +8,8 @@
 //! closes the connection, an idle one is closed gracefully. All state is a few relaxed
 //! atomics per connection; the request path pays two atomic increments and a clock read.
 //! [`WatchedIo`] also gathers an HTTP/2 connection's writes: the first write of a burst
-//! waits one turn of the scheduler, so the responses of every stream ready by then leave in
-//! one `writev`.
+//! waits one turn of the scheduler, so the responses of the streams that finish by then
+//! leave in the same `writev`.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -211,11 +211,10 @@ impl<S> WatchedIo<S> {
     }
 
     /// Puts the first write of a burst off by one turn of the scheduler: the task wakes
-    /// itself, which tokio treats as a yield (to the back of the run queue). An HTTP/2
-    /// connection is woken by each stream task that finishes a response; without this it
-    /// would run at once (tokio's LIFO slot), write that one response, and be woken again
-    /// by the next stream, one `writev` and one wake-up of the client each. Put off, it
-    /// writes what every stream ready in the same turn has queued, together.
+    /// itself, which tokio treats as a yield (to the back of the run queue). Meanwhile the
+    /// other connections run, and streams of this one whose upstream answers arrive in that
+    /// turn finish too (`streams`); their responses then leave in the same `writev`, with
+    /// one wake-up of the client instead of several.
     fn defer(&mut self, cx: &mut Context<'_>) -> bool {
         if self.deferred {
             return false;

@@ -8,8 +8,8 @@
 //! other way: when every permit is back, every connection has finished. A plaintext
 //! connection's first bytes tell prior-knowledge HTTP/2 (its preface) from HTTP/1.1. HTTP/1.1
 //! is served by our own server (`http1`), HTTP/2 by hyper's, whose streams run in the
-//! connection's own task (`streams`); both are told to finish gracefully on shutdown. `activity` enforces the header and idle timeouts. What a request
-//! does is `proxy`'s job.
+//! connection's own task (`streams`); both are told to finish gracefully on shutdown.
+//! `activity` enforces the header and idle timeouts. What a request does is `proxy`'s job.
 //!
 //! On a TLS listener the connection task first runs the handshake (`tls` picks the
 //! certificate), bounded by `header_timeout`, then serves HTTP/2 when ALPN chose `h2` and

@@ -126,10 +126,10 @@ impl Drop for RequestGuard {
 /// again after each of its own polls; so the deadline is recomputed then, and a timer is
 /// armed only when one is due and none earlier is armed (a later deadline is taken up when
 /// the earlier timer fires). `requests_end_here` says the request guards are dropped by that
-/// task too (HTTP/1.1): then a connection busy with a request needs no timer at all, and a
-/// request that arrives with its connection and closes it arms none. Otherwise (HTTP/2,
-/// whose requests end in their own tasks) a busy connection is looked at again every half of
-/// the shorter timeout.
+/// task too (our HTTP/1.1 server, and HTTP/2, whose streams run in the connection's task):
+/// then a connection busy with a request needs no timer at all, and a request that arrives
+/// with its connection and closes it arms none. Otherwise a busy connection is looked at
+/// again every half of the shorter timeout.
 pub(super) async fn watchdog(
     activity: &Activity,
     header_timeout: Duration,

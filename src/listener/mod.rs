@@ -542,8 +542,8 @@ async fn serve_h2<S>(
             std::future::poll_fn(|cx| streams.poll_with(cx, conn.as_mut()))
         };
     }
-    // Requests end in the streams, not in the connection's own code.
-    let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout, false);
+    // Requests end in the streams, which run in this task.
+    let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout, true);
     tokio::pin!(watchdog);
     let result = tokio::select! {
         biased;

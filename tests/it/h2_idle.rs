@@ -1,5 +1,5 @@
 //! An HTTP/2 connection that goes idle is closed after its idle timeout, whether its client
-//! stops answering or its last answer ended in another task.
+//! stops answering or its last answer took longer than the timeout.
 
 use std::time::Duration;
 
@@ -30,8 +30,8 @@ async fn an_h2_client_silent_after_its_preface_is_closed_after_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_connection_idle_after_a_slow_answer_is_closed_after_idle_timeout() {
-    // The answer takes longer than the idle timeout (it must not be cut), and it ends in a
-    // task other than the connection's: the idle countdown must still start from its end.
+    // The answer takes longer than the idle timeout (it must not be cut), and it ends in its
+    // stream, not in the connection's own code: the idle countdown must start from its end.
     let backend = Backend::start("b").await;
     let proxy = proxy_with_limits(&backend, "header_timeout: 5s, idle_timeout: 300ms").await;
     let stream = TcpStream::connect(proxy.addr).await.unwrap();

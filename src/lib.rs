@@ -302,3 +302,13 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// `Box::pin(make())`, with the value built straight into its allocation.
+///
+/// `Box::pin(value)` makes the value before it allocates and then copies all of it in; an
+/// async function's future is its largest state (KiBs for a request) even though only its
+/// arguments are set. Allocating first lets the compiler write those arguments in place.
+#[inline(always)]
+pub(crate) fn pin_in_place<T>(make: impl FnOnce() -> T) -> std::pin::Pin<Box<T>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}

@@ -179,10 +179,12 @@ impl Listener {
             // Counted for as long as the client's stream exists, which is past the end of
             // `serve_connection` when an `Upgrade` hands it to a tunnel.
             let stream = Counted::new(stream, metrics.accepted());
-            tokio::spawn(async move {
+            // Built in a box of its own: tokio moves a task's future several times on its
+            // way into the task, and this one is KiBs where the box is a pointer.
+            tokio::spawn(crate::pin_in_place(|| async move {
                 serve_connection(stream, ctx, &builders, &settings, &signals).await;
                 drop(permit);
-            });
+            }));
         }
         signals.shutdown.fire();
         drop(self.socket);
@@ -341,10 +343,7 @@ async fn serve_connection(
     // Boxed: a TLS connection's state (the handshake, then the decrypting stream) is several
     // KiB larger than a plaintext one's, and without the box every connection's task,
     // plaintext ones included, would be sized for it.
-    Box::pin(serve_tls(
-        stream, ctx, builders, tls, limits, activity, signals,
-    ))
-    .await;
+    crate::pin_in_place(|| serve_tls(stream, ctx, builders, tls, limits, activity, signals)).await;
 }
 
 /// The first bytes of every prior-knowledge HTTP/2 connection (RFC 9113 section 3.4).
@@ -383,21 +382,12 @@ async fn serve_plain(
     match sniffed {
         Ok(Some(true)) => {
             let io = WatchedIo::new(stream, activity.clone(), buf.freeze());
-            Box::pin(serve_h2(
-                io,
-                ctx,
-                &builders.http2,
-                limits,
-                activity,
-                signals,
-            ))
-            .await;
+            crate::pin_in_place(|| serve_h2(io, ctx, &builders.http2, limits, activity, signals))
+                .await;
         }
         Ok(Some(false)) => {
-            Box::pin(serve_h1(
-                stream, buf, ctx, builders, limits, activity, signals,
-            ))
-            .await;
+            crate::pin_in_place(|| serve_h1(stream, buf, ctx, builders, limits, activity, signals))
+                .await;
         }
         Ok(None) => {}
         Err(error) => tracing::debug!(%client, %error, "reading the first request failed"),
@@ -529,7 +519,8 @@ async fn serve_h2<S>(
         async move {
             // Boxed: hyper moves each stream's future on its way to the executor; unboxed,
             // every move copies the whole request future (4 KiB).
-            let response = Box::pin(proxy::handle(&ctx, req.map(ClientBody::H2))).await;
+            let req = req.map(ClientBody::H2);
+            let response = crate::pin_in_place(|| proxy::handle(&ctx, req)).await;
             Ok::<_, Infallible>(response.map(|body| body.with_request_guard(guard)))
         }
     });

@@ -31,6 +31,30 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names says which of the fixed list are present: most messages carry
+    // one of them at most, and each `remove` of an absent name would still hash and probe.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // `Connection` is first in the list; only it can name more headers.
+    if present & 1 != 0 {
+        remove_connection_named(headers);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes the headers the `Connection` fields name.
+fn remove_connection_named(headers: &mut HeaderMap) {
     // Most HTTP/1.1 messages say `Connection: keep-alive` or `close`: those tokens name no
     // header left to remove (`Keep-Alive` is in the fixed list), so they are skipped and the
     // `Vec`, which allocates on its first push only, stays empty on that common path.
@@ -48,9 +72,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }

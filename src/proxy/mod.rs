@@ -113,7 +113,7 @@ pub async fn handle(ctx: &ConnContext, req: Request<ClientBody>) -> Response<Res
     });
     let outcome = match (check_request(&parts), route) {
         (Err(error), _) => Err(error),
-        (Ok(()), Some(route)) => forward(ctx, &snapshot, route, parts, body, host).await,
+        (Ok(()), Some(route)) => forward(ctx, &snapshot, route, parts, body, host, started).await,
         (Ok(()), None) => Err(ProxyError::NoRoute),
     };
     let mut response = respond(outcome, log.as_mut());
@@ -248,6 +248,7 @@ async fn forward(
     mut parts: request::Parts,
     body: ClientBody,
     host: Option<HeaderValue>,
+    started: Instant,
 ) -> Result<retry::Forwarded, ProxyError> {
     let pool = &snapshot.pools[route.pool];
     if let (Some(max), Some(len)) = (route.max_body, body.size_hint().exact()) {
@@ -263,14 +264,15 @@ async fn forward(
         upgrade.restore_headers(&mut parts.headers);
     }
     let candidates = pool.candidates().upstreams.len();
-    let replay = retry::Replay::capture(&parts, &body, route.retries, candidates);
+    let replayable = retry::replayable(&parts, &body, route.retries, candidates);
     // Boxed once here, it travels down to the connection as a pointer: each `async fn` on
     // the way would otherwise keep room for it (280 bytes) in the request's future.
     let req = Box::new(Request::from_parts(parts, body));
     let mut current = None;
-    let mut forwarded = match tokio::time::timeout(
-        route.timeout,
-        retry::attempts(pool, route.retries, key, req, replay, &mut current),
+    // The deadline counts from the request's start, whose clock reading is at hand.
+    let mut forwarded = match tokio::time::timeout_at(
+        started + route.timeout,
+        retry::attempts(pool, route.retries, key, req, replayable, &mut current),
     )
     .await
     {

@@ -3,10 +3,12 @@
 //! Rules: a request that failed to connect, or that an upstream closed before any byte was
 //! written, may go to a different upstream, whatever its method and body, because nothing
 //! reached an upstream and we still hold the request. A request with an idempotent method and
-//! no body is also retried after a reset or a 502/503 answer; for that case a copy of its head
-//! ([`Replay`]) is kept, since the original was consumed by the first attempt. Nothing is sent
-//! to the client before the final attempt's head arrives, so no retry ever follows response
-//! bytes. Each attempt goes to an upstream not tried before for this request.
+//! no body ([`replayable`]) is also retried after a reset or a 502/503 answer. Our HTTP/1.1
+//! client only borrows the request, so it is still here to send again; hyper's client takes
+//! it, so for HTTP/2 pools and upgrades a copy of its head goes out instead while another
+//! attempt may follow. Nothing is sent to the client before the final attempt's head arrives,
+//! so no retry ever follows response bytes. Each attempt goes to an upstream not tried before
+//! for this request.
 //!
 //! Each attempt's outcome goes to the pool's outlier detection (`Pool::report_outcome`, a
 //! no-op without `outlier`): a connect error, a reset or a 502/503/504 answer is a failure,
@@ -15,8 +17,7 @@
 
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue};
-use http::{request, Method, Request, Response, StatusCode, Uri, Version};
+use http::{request, Method, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 
@@ -24,6 +25,7 @@ use super::ProxyError;
 use crate::body::{BodyError, RequestBody, UpstreamBody};
 use crate::config::Protocol;
 use crate::upstream::client::SendError;
+use crate::upstream::h1::SendError as H1SendError;
 use crate::upstream::health::Reason;
 use crate::upstream::{ClientError, Connection, InFlight, Pool, Upstream};
 
@@ -38,65 +40,30 @@ pub(crate) struct Forwarded {
     pub(crate) in_flight: InFlight,
 }
 
-/// A copy of a bodyless idempotent request head, to send it again after it was consumed.
-///
-/// The headers are kept as a plain list, rebuilt into a map only for a retry: names and
-/// values are reference-counted, so the copy every such request pays is one allocation
-/// where cloning the `HeaderMap` (entries and index table) is two, plus rehashing.
-#[derive(Debug)]
-pub(crate) struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: Vec<(HeaderName, HeaderValue)>,
+/// Whether the request may be sent again after it reached an upstream (a reset, a 502/503
+/// answer): an idempotent method, no body, retries configured and another upstream to try;
+/// `candidates` is the pool's candidate count.
+pub(crate) fn replayable(
+    parts: &request::Parts,
+    body: &RequestBody,
+    retries: u32,
+    candidates: usize,
+) -> bool {
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    retries > 0 && candidates >= 2 && idempotent && body.is_end_stream()
 }
 
-impl Replay {
-    /// Copies the head when the request may be retried after it was sent; `candidates` is
-    /// the pool's candidate count: with fewer than two no other upstream exists to retry on.
-    pub(crate) fn capture(
-        parts: &request::Parts,
-        body: &RequestBody,
-        retries: u32,
-        candidates: usize,
-    ) -> Option<Replay> {
-        if retries == 0 || candidates < 2 {
-            return None;
-        }
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
-        (idempotent && body.is_end_stream()).then(|| Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
-        })
-    }
-
-    fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::empty());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        let headers = req.headers_mut();
-        headers.reserve(self.headers.len());
-        for (name, value) in &self.headers {
-            // `append` keeps repeated fields, in their order.
-            headers.append(name.clone(), value.clone());
-        }
-        req
-    }
+/// A copy of a bodyless request's head, for hyper's client, which takes what it sends.
+fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// Most upstreams one request may try (config validation bounds `retries` below this).
@@ -109,9 +76,10 @@ pub(crate) async fn attempts(
     retries: u32,
     key: Option<u64>,
     req: Box<Request<RequestBody>>,
-    replay: Option<Replay>,
+    replayable: bool,
     current: &mut Option<Arc<Upstream>>,
 ) -> Result<Forwarded, ProxyError> {
+    // `None` once hyper's client took it with no copy kept: no attempt can follow then.
     let mut req = Some(req);
     // Identities (addresses of the shared `Upstream`s) of those tried; `usize` keeps the future `Send`.
     let mut tried = [0usize; MAX_ATTEMPTS];
@@ -122,10 +90,7 @@ pub(crate) async fn attempts(
         let Some(upstream) = pick(pool, key, &tried[..attempt]) else {
             break;
         };
-        let Some(request) = req
-            .take()
-            .or_else(|| replay.as_ref().map(|r| Box::new(r.request())))
-        else {
+        let Some(request) = req.as_mut() else {
             break;
         };
         tried[attempt] = Arc::as_ptr(&upstream) as usize;
@@ -137,7 +102,20 @@ pub(crate) async fn attempts(
         if pool.outlier.is_some() {
             *current = Some(upstream.clone());
         }
-        let result = exchange(&upstream, pool, request).await;
+        let result = if pool.protocol == Protocol::Http1
+            && !request.headers().contains_key(http::header::UPGRADE)
+        {
+            exchange_h1(&upstream, pool, request).await
+        } else {
+            let resend = replayable && attempt + 1 < attempts;
+            let sent = match resend {
+                true => Box::new(copy_head(request)),
+                false => req.take().expect("checked at the top of the loop"),
+            };
+            exchange_hyper(&upstream, pool, sent)
+                .await
+                .map(|(response, conn)| (response.map(UpstreamBody::Hyper), conn))
+        };
         *current = None;
         let status = result
             .as_ref()
@@ -156,16 +134,19 @@ pub(crate) async fn attempts(
                 pool.report_outcome(&upstream, failed.then(|| Reason::Status(status.as_u16())));
                 let retryable =
                     status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
-                if retryable && replay.is_some() && attempt + 1 < attempts {
+                if retryable && replayable && attempt + 1 < attempts {
                     last_answer = Some(forwarded);
                     continue;
                 }
                 return Ok(forwarded);
             }
-            Err(Failure::Connect(error, request)) => {
+            Err(Failure::Connect(error, returned)) => {
                 tracing::debug!(upstream = %upstream.id, %error, "upstream connect failed");
                 pool.report_outcome(&upstream, Some(Reason::from_client_error(&error)));
-                req = Some(request);
+                // Hyper's client gives back what it took; a copy is dropped, the original kept.
+                if req.is_none() {
+                    req = returned;
+                }
                 last_error = Some(ProxyError::UpstreamConnect(error));
             }
             Err(Failure::Exchange(error)) => {
@@ -175,7 +156,7 @@ pub(crate) async fn attempts(
                 if matches!(error, ProxyError::UpstreamReset(_)) {
                     pool.report_outcome(&upstream, Some(reason));
                 }
-                let stop = replay.is_none() || !matches!(error, ProxyError::UpstreamReset(_));
+                let stop = !replayable || !matches!(error, ProxyError::UpstreamReset(_));
                 last_error = Some(error);
                 if stop {
                     break;
@@ -206,32 +187,19 @@ fn pick(pool: &Pool, key: Option<u64>, tried: &[usize]) -> Option<Arc<Upstream>>
 }
 
 enum Failure {
-    /// Nothing reached the upstream; the request comes back for another try.
-    Connect(ClientError, Box<Request<RequestBody>>),
+    /// Nothing reached the upstream; the request can go to another. Hyper's client gives
+    /// back the request it took; ours never took it (`None`).
+    Connect(ClientError, Option<Box<Request<RequestBody>>>),
     /// The request may have reached the upstream.
     Exchange(ClientError),
 }
 
-/// One request on one upstream: our own HTTP/1.1 client for `http1` pools, hyper's for
-/// HTTP/2 pools and upgrade requests (tunnels need `hyper::upgrade::on`).
-async fn exchange(
-    upstream: &Arc<Upstream>,
-    pool: &Pool,
-    req: Box<Request<RequestBody>>,
-) -> Result<(Response<UpstreamBody>, Connection), Failure> {
-    if pool.protocol == Protocol::Http1 && !req.headers().contains_key(http::header::UPGRADE) {
-        return exchange_h1(upstream, pool, req).await;
-    }
-    exchange_hyper(upstream, pool, req)
-        .await
-        .map(|(response, conn)| (response.map(UpstreamBody::Hyper), conn))
-}
-
-/// [`exchange`] on our own HTTP/1.1 client: the same retry rules, the socket in the body.
+/// One request on one upstream with our own HTTP/1.1 client, which borrows the request: it
+/// is still the caller's afterwards, its body taken only once bytes of it were sent.
 async fn exchange_h1(
     upstream: &Arc<Upstream>,
     pool: &Pool,
-    req: Box<Request<RequestBody>>,
+    req: &mut Request<RequestBody>,
 ) -> Result<(Response<UpstreamBody>, Connection), Failure> {
     let detached = || Connection::detached(upstream.clone());
     let pooled = upstream.h1_idle.pop();
@@ -241,28 +209,28 @@ async fn exchange_h1(
         // Boxed for the size of the request's future, as in `Connector::checkout`.
         None => match Box::pin(pool.connector.open_h1(upstream)).await {
             Ok(conn) => conn,
-            Err(error) => return Err(Failure::Connect(error, req)),
+            Err(error) => return Err(Failure::Connect(error, None)),
         },
     };
-    let req = match conn.send(req, upstream).await {
+    match conn.send(req, upstream).await {
         Ok(response) => return Ok((response.map(UpstreamBody::H1), detached())),
-        Err(SendError::Failed(error)) => return Err(Failure::Exchange(error)),
-        Err(SendError::NotSent(req)) if reused => req,
-        Err(SendError::NotSent(req)) => return Err(Failure::Connect(ClientError::Closed, req)),
-    };
+        Err(H1SendError::Failed(error)) => return Err(Failure::Exchange(error)),
+        Err(H1SendError::NotSent) if reused => {}
+        Err(H1SendError::NotSent) => return Err(Failure::Connect(ClientError::Closed, None)),
+    }
     // The pooled connection was closed as we used it: not a retry, a fresh connection.
     let conn = match Box::pin(pool.connector.open_h1(upstream)).await {
         Ok(conn) => conn,
-        Err(error) => return Err(Failure::Connect(error, req)),
+        Err(error) => return Err(Failure::Connect(error, None)),
     };
     match conn.send(req, upstream).await {
         Ok(response) => Ok((response.map(UpstreamBody::H1), detached())),
-        Err(SendError::Failed(error)) => Err(Failure::Exchange(error)),
-        Err(SendError::NotSent(req)) => Err(Failure::Connect(ClientError::Closed, req)),
+        Err(H1SendError::Failed(error)) => Err(Failure::Exchange(error)),
+        Err(H1SendError::NotSent) => Err(Failure::Connect(ClientError::Closed, None)),
     }
 }
 
-/// [`exchange`] on hyper's client.
+/// One request on one upstream with hyper's client (HTTP/2 pools, upgrades), which takes it.
 async fn exchange_hyper(
     upstream: &Arc<Upstream>,
     pool: &Pool,
@@ -270,7 +238,7 @@ async fn exchange_hyper(
 ) -> Result<(Response<Incoming>, Connection), Failure> {
     let mut conn = match pool.connector.checkout(upstream).await {
         Ok(conn) => conn,
-        Err(error) => return Err(Failure::Connect(error, req)),
+        Err(error) => return Err(Failure::Connect(error, Some(req))),
     };
     let req = match conn.send(*req).await {
         Ok(response) => return Ok((response, conn)),
@@ -282,12 +250,12 @@ async fn exchange_hyper(
     // Boxed for the size of the request's future, as in `Connector::checkout`.
     let mut conn = match Box::pin(pool.connector.open(upstream)).await {
         Ok(conn) => conn,
-        Err(error) => return Err(Failure::Connect(error, req)),
+        Err(error) => return Err(Failure::Connect(error, Some(req))),
     };
     match conn.send(*req).await {
         Ok(response) => Ok((response, conn)),
         Err(SendError::Failed(error)) => Err(Failure::Exchange(error)),
-        Err(SendError::NotSent(req)) => Err(Failure::Connect(ClientError::Closed, req)),
+        Err(SendError::NotSent(req)) => Err(Failure::Connect(ClientError::Closed, Some(req))),
     }
 }
 
@@ -311,38 +279,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_replay_sends_the_same_head_with_repeated_fields_in_order() {
-        let (parts, ()) = Request::get("http://a.example/p?q=1")
+    fn a_copied_head_has_the_same_fields_repeated_in_order() {
+        let req = Request::get("http://a.example/p?q=1")
             .header("x-a", "1")
             .header("cookie", "a=1")
             .header("cookie", "b=2")
             .header("x-b", "2")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let replay = Replay::capture(&parts, &RequestBody::empty(), 1, 2).expect("a bodyless GET");
-        let again = replay.request();
+            .body(RequestBody::empty())
+            .unwrap();
+        let again = copy_head(&req);
         assert_eq!(again.method(), Method::GET);
-        assert_eq!(again.uri(), &parts.uri);
-        assert_eq!(again.version(), parts.version);
-        assert_eq!(again.headers(), &parts.headers);
+        assert_eq!(again.uri(), req.uri());
+        assert_eq!(again.version(), req.version());
+        assert_eq!(again.headers(), req.headers());
         let cookies: Vec<_> = again.headers().get_all("cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
     }
 
     #[test]
-    fn nothing_is_copied_when_no_retry_can_follow() {
+    fn only_bodyless_idempotent_requests_with_somewhere_to_go_are_replayable() {
         let (post, ()) = Request::post("/").body(()).unwrap().into_parts();
         let (get, ()) = Request::get("/").body(()).unwrap().into_parts();
         let empty = RequestBody::empty();
-        assert!(
-            Replay::capture(&post, &empty, 1, 2).is_none(),
-            "not idempotent"
-        );
-        assert!(Replay::capture(&get, &empty, 0, 2).is_none(), "no retries");
-        assert!(
-            Replay::capture(&get, &empty, 1, 1).is_none(),
-            "no other upstream"
-        );
+        assert!(replayable(&get, &empty, 1, 2));
+        assert!(!replayable(&post, &empty, 1, 2), "not idempotent");
+        assert!(!replayable(&get, &empty, 0, 2), "no retries");
+        assert!(!replayable(&get, &empty, 1, 1), "no other upstream");
     }
 }

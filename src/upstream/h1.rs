@@ -24,13 +24,13 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::client::{SendError, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE_PER_UPSTREAM, RELEASE_WAIT};
+use super::client::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE_PER_UPSTREAM, RELEASE_WAIT};
 use super::Upstream;
 use crate::body::{BodyError, RequestBody};
 
@@ -185,14 +185,18 @@ impl Conn {
 
     /// Sends `req` and reads the response head. The response body reads from this
     /// connection and returns it to `upstream`'s idle list when done (see [`Body`]).
+    ///
+    /// The request stays the caller's: its body is taken out, and put back when the
+    /// connection closed before any of it was sent ([`SendError::NotSent`]); a bodyless
+    /// request is whole again afterwards, ready for another upstream.
     pub async fn send(
         mut self,
-        req: Box<Request<RequestBody>>,
+        req: &mut Request<RequestBody>,
         upstream: &Arc<Upstream>,
     ) -> Result<Response<Body>, SendError> {
-        let (parts, mut body) = req.into_parts();
+        let mut body = std::mem::replace(req.body_mut(), RequestBody::empty());
         let empty = body.is_end_stream();
-        let framing = encode_head(&mut self.wbuf, &parts, empty, body.size_hint().exact());
+        let framing = encode_head(&mut self.wbuf, req, empty, body.size_hint().exact());
         let head_only = self.wbuf.len();
         // What of the body has already arrived goes out in the same write as the head, up to
         // a small size; waiting for more would hold back the head (and an early answer).
@@ -255,9 +259,9 @@ impl Conn {
         match written {
             Ok(()) => {}
             Err(0) if !consumed => {
-                return Err(SendError::NotSent(Box::new(Request::from_parts(
-                    parts, body,
-                ))));
+                // Nothing was written: the body goes back into the request.
+                *req.body_mut() = body;
+                return Err(SendError::NotSent);
             }
             Err(_) => return Err(failed(Error::Incomplete)),
         }
@@ -284,13 +288,12 @@ impl Conn {
             Ok(head) => head,
             Err(Error::Incomplete) if self.reused && empty && self.rbuf.is_empty() => {
                 // The upstream closed this pooled connection as we used it: nothing of the
-                // request was taken, so it goes to a fresh connection.
-                let req = Request::from_parts(parts, RequestBody::empty());
-                return Err(SendError::NotSent(Box::new(req)));
+                // request was taken (it had no body), so it goes to a fresh connection.
+                return Err(SendError::NotSent);
             }
             Err(e) => return Err(failed(e)),
         };
-        self.response(head, &parts.method, early, upstream)
+        self.response(head, req.method(), early, upstream)
             .map_err(failed)
     }
 
@@ -521,6 +524,16 @@ impl Conn {
     }
 }
 
+/// Why [`Conn::send`] has no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// The connection was closed before any of the request was written; the request is
+    /// whole again (its body put back).
+    NotSent,
+    /// The exchange failed; the request may have reached the upstream.
+    Failed(super::ClientError),
+}
+
 fn failed(error: Error) -> SendError {
     SendError::Failed(super::ClientError::H1(error))
 }
@@ -607,21 +620,21 @@ enum ReqFraming {
 
 /// Writes the request head into `out` (cleared first) and says how the body is framed:
 /// `empty` when the body has ended already, `exact` its size when known.
-fn encode_head(
+fn encode_head<B>(
     out: &mut Vec<u8>,
-    parts: &request::Parts,
+    parts: &Request<B>,
     empty: bool,
     exact: Option<u64>,
 ) -> ReqFraming {
     out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(parts.method().as_str().as_bytes());
     out.push(b' ');
-    match parts.uri.path_and_query().map(|p| p.as_str()) {
+    match parts.uri().path_and_query().map(|p| p.as_str()) {
         Some(target) if !target.is_empty() => out.extend_from_slice(target.as_bytes()),
         _ => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers() {
         // The framing fields are ours to write, from the body.
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
@@ -632,7 +645,7 @@ fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     let framing = if empty {
-        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+        if matches!(*parts.method(), Method::POST | Method::PUT | Method::PATCH) {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         ReqFraming::None
@@ -1068,9 +1081,9 @@ mod tests {
     use crate::upstream::Source;
 
     fn head(req: http::request::Builder, empty: bool, exact: Option<u64>) -> (String, ReqFraming) {
-        let (parts, ()) = req.body(()).unwrap().into_parts();
+        let req = req.body(()).unwrap();
         let mut out = Vec::new();
-        let framing = encode_head(&mut out, &parts, empty, exact);
+        let framing = encode_head(&mut out, &req, empty, exact);
         (String::from_utf8(out).unwrap(), framing)
     }
 
@@ -1184,13 +1197,13 @@ mod tests {
     ) -> Result<Response<Body>, SendError> {
         let mut req = Request::new(RequestBody::empty());
         *req.method_mut() = method;
-        conn.send(Box::new(req), up).await
+        conn.send(&mut req, up).await
     }
 
     fn error_of(result: Result<Response<Body>, SendError>) -> String {
         match result {
             Err(SendError::Failed(e)) => crate::error_chain(&e),
-            Err(SendError::NotSent(_)) => "not sent".into(),
+            Err(SendError::NotSent) => "not sent".into(),
             Ok(r) => panic!("expected an error, got {}", r.status()),
         }
     }

@@ -1,5 +1,7 @@
 //! The proxy's own answers (SPEC section 4), retries (section 5) and hostile input.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -217,6 +219,86 @@ async fn an_idempotent_request_answered_503_is_retried_elsewhere_but_a_post_is_n
         posts.push(client.send(req).await.status.as_u16());
     }
     assert_eq!(posts.iter().filter(|s| **s == 503).count(), 2, "{posts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_h2_pool_an_idempotent_request_answered_503_is_retried_elsewhere() {
+    // Hyper's client takes the request it sends: the retry goes out from a copy of the head.
+    let failing = Backend::failing("failing", 503).await;
+    let live = Backend::start("live").await;
+    let addrs = [failing.addr.to_string(), live.addr.to_string()];
+    let proxy = Proxy::start(&pool_of(&addrs, "    retries: 1\n", "    protocol: h2\n")).await;
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..6 {
+        let reply = client.get("a", "/headers").await;
+        let text = reply.text();
+        assert_eq!(reply.status, 200, "{text}");
+        assert!(
+            text.starts_with("GET ") && text.contains("x-request-id: "),
+            "{text}"
+        );
+    }
+    // A retry's pick moves the round robin on too: at least every other first attempt.
+    assert!(failing.requests() >= 3, "{}", failing.requests());
+    assert_eq!(live.requests(), 6);
+}
+
+/// An upstream that reads each request head and closes the connection without an answer.
+async fn resetting_upstream() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reset_a_bodyless_get_is_sent_again_elsewhere_but_a_post_is_not() {
+    let (resetting, heads) = resetting_upstream().await;
+    let live = Backend::start("live").await;
+    let addrs = [resetting, live.addr.to_string()];
+    let proxy = Proxy::start(&pool_of(&addrs, "    retries: 1\n", "")).await;
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..4 {
+        let reply = client.get("a", "/headers").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let text = reply.text();
+        assert!(text.starts_with("GET /headers"), "{text}");
+        assert!(
+            text.contains("x-request-id: "),
+            "the same head again: {text}"
+        );
+    }
+    // A retry's pick moves the round robin on too: at least every other first attempt.
+    assert!(heads.load(Ordering::SeqCst) >= 2, "{heads:?}");
+    assert_eq!(live.requests(), 4);
+    let mut posts = Vec::new();
+    for _ in 0..4 {
+        let req = Request::post("/upload")
+            .header("host", "a")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        posts.push(client.send(req).await.status.as_u16());
+    }
+    // Not retried, the posts alternate: half are reset.
+    assert_eq!(posts.iter().filter(|s| **s == 502).count(), 2, "{posts:?}");
+    assert_eq!(live.requests(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Userspace instructions per request of one or more switchyard builds, under callgrind.
+#
+# Wall-clock and CPU figures on this shared VM drift by 10-20% within minutes, which hides a
+# change worth 1-3%. An instruction count does not drift: the same build under the same load
+# counts within 0.3% run to run. It measures userspace work only (the kernel, cache misses
+# and system calls are not in it), so it says whether a change removed work, and
+# `compare.sh` says what that work was worth.
+#
+# For each build: NGINX backends (three ports, `return 200`) and switchyard under
+# `valgrind --tool=callgrind` on 127.0.0.1, a warm-up of 2,000 requests, counters zeroed,
+# then N requests with h2load (bounded by count), counters dumped, everything stopped by PID.
+#
+# Usage: ./benches/instructions.sh [BIN...]      (default: cargo build --release)
+# Environment: LOAD [keepalive] (`h2c`: h2load -c50 -m10 with HTTP/2 prior knowledge),
+#   N [20000] requests, OUT (directory to keep the callgrind files; default: a temp dir,
+#   removed). With OUT set, `callgrind_annotate` or any callgrind reader shows where the
+#   instructions go (a build with debug symbols names them: see profile.sh).
+set -euo pipefail
+
+LOAD=${LOAD:-keepalive}
+N=${N:-20000}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-instructions.XXXXXX")
+chmod 755 "$TMP"
+OUT=${OUT:-$TMP}
+mkdir -p "$OUT"
+PIDS=()
+
+log() { printf '[instructions] %s\n' "$*" >&2; }
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "$OUT" = "$TMP" ]; then rm -rf "$TMP"; else rm -rf "$TMP/backend"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for tool in valgrind callgrind_control nginx h2load curl; do
+    command -v "$tool" >/dev/null || { log "missing $tool (apt-get install valgrind nginx-light nghttp2-client curl)"; exit 1; }
+done
+case $LOAD in keepalive | h2c) ;; *) log "LOAD is keepalive or h2c"; exit 1 ;; esac
+
+BINS=("$@")
+if [ ${#BINS[@]} -eq 0 ]; then
+    log "building switchyard (release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    BINS=("$ROOT/target/release/switchyard")
+fi
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+BASE=$((12000 + RANDOM % 15000))
+PORTS=($BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 3)))
+for p in "${PORTS[@]}"; do port_free "$p" || { log "port $p is taken; run again"; exit 1; }; done
+wait_port() {
+    local i
+    for ((i = 0; i < 600; i++)); do port_free "$1" || return 0; sleep 0.05; done
+    log "nothing listens on 127.0.0.1:$1"; return 1
+}
+
+mkdir -p "$TMP/backend" "$TMP/sy"
+{
+    echo "worker_processes 1; daemon off; master_process on; pid $TMP/backend/nginx.pid;"
+    echo "error_log stderr error; events { worker_connections 4096; }"
+    echo "http { access_log off; keepalive_requests 1000000;"
+    echo "  client_body_temp_path $TMP/backend/body; proxy_temp_path $TMP/backend/proxy;"
+    for p in "${PORTS[@]:0:3}"; do echo "  server { listen 127.0.0.1:$p; location / { return 200 \"ok $p\n\"; } }"; done
+    echo "}"
+} >"$TMP/backend.conf"
+{
+    echo "workers: 1"
+    echo "access_log: off"
+    echo "listeners: [{ name: bench, bind: \"127.0.0.1:${PORTS[3]}\" }]"
+    echo "routes: [{ name: all, pool: backends }]"
+    echo "pools:"
+    echo "  - name: backends"
+    echo "    upstreams:"
+    for p in "${PORTS[@]:0:3}"; do echo "      - { addr: \"127.0.0.1:$p\" }"; done
+} >"$TMP/sy/proxy.yaml"
+
+nginx -p "$TMP/backend" -c "$TMP/backend.conf" -e stderr 2>"$TMP/backend.err" &
+PIDS+=($!)
+for p in "${PORTS[@]:0:3}"; do wait_port "$p"; done
+
+load() {
+    local url="http://127.0.0.1:${PORTS[3]}/"
+    case $LOAD in
+        keepalive) timeout 600 h2load --h1 -t1 -c50 -n "$1" "$url" ;;
+        h2c) timeout 600 h2load -t1 -c50 -m10 -n "$1" "$url" ;;
+    esac
+}
+
+echo "| build | load | requests | instructions per request |"
+echo "|---|---|---:|---:|"
+for i in "${!BINS[@]}"; do
+    bin=${BINS[$i]}
+    file="$OUT/callgrind.$i"
+    valgrind --tool=callgrind --callgrind-out-file="$file" "$bin" run -c "$TMP/sy/proxy.yaml" \
+        2>"$TMP/valgrind.$i.err" &
+    pid=$!
+    PIDS+=($pid)
+    wait_port "${PORTS[3]}"
+    load 2000 >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    load "$N" >"$TMP/load.$i"
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    for ((w = 0; w < 100; w++)); do port_free "${PORTS[3]}" && break; sleep 0.05; done
+    done_reqs=$(awk '/^requests:/ {print $8}' "$TMP/load.$i")
+    # The dump requested above is part 1; its summary line is the total since the zeroing.
+    ir=$(awk '/^summary:/ {print $2; exit}' "$file.1" 2>/dev/null || echo 0)
+    echo "| $bin | $LOAD | ${done_reqs:-?} of $N | $((ir / N)) |"
+done

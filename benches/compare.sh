@@ -66,6 +66,8 @@ ON_LOAD_CPU=(nice -n "$NICE" taskset -c "$LOAD_CPU")
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=benches/lib/haproxy.sh
 . "$ROOT/benches/lib/haproxy.sh"
+# shellcheck source=benches/lib/loopback.sh
+. "$ROOT/benches/lib/loopback.sh"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-compare.XXXXXX")
 # NGINX workers drop to `nobody` when started as root: they must read the 64 KiB file.
 chmod 755 "$TMP"
@@ -105,35 +107,6 @@ install_missing() {
         || { [[ " ${need[*]} " == *" nginx-light "* ]] \
             && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
                 "${need[@]/nginx-light/nginx}" >&2; }
-}
-
-# A free loopback port below the kernel's ephemeral range (so no outgoing connection of
-# this run or another process can be holding it as its source port), not answering a
-# connect and not handed out before by this script.
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-USED_PORTS=" "
-free_port() {
-    local port span=$((EPHEMERAL_LOW - 12000))
-    while :; do
-        port=$((12000 + RANDOM % span))
-        [[ $USED_PORTS == *" $port "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            USED_PORTS+="$port "
-            echo "$port"
-            return
-        fi
-    done
-}
-
-# Waits up to 10 s for something to listen on a port.
-wait_port() {
-    local i
-    for ((i = 0; i < 200; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    log "nothing listens on 127.0.0.1:$1 after 10 s"
-    return 1
 }
 
 # Starts a command in the background, records its PID in PIDS and in $STARTED.
@@ -200,24 +173,6 @@ peak_rss_kib() {
 }
 
 # --- configs -------------------------------------------------------------------------------
-
-write_backends() {
-    head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/64k"
-    mkdir -p "$TMP/backend"
-    {
-        echo "worker_processes 1; daemon off; master_process on; pid $TMP/backend/nginx.pid;"
-        echo "error_log stderr error; worker_rlimit_nofile 16384;"
-        echo "events { worker_connections 8192; }"
-        echo "http { access_log off; keepalive_requests 1000000; keepalive_timeout 60s;"
-        echo "  client_body_temp_path $TMP/backend/body; proxy_temp_path $TMP/backend/proxy;"
-        for port in "${BACKEND_PORTS[@]}"; do
-            echo "  server { listen 127.0.0.1:$port reuseport backlog=4096;"
-            echo "    location = /64k { alias $TMP/64k; default_type application/octet-stream; }"
-            echo "    location / { default_type text/plain; return 200 \"ok $port\n\"; } }"
-        done
-        echo "}"
-    } >"$TMP/backend.conf"
-}
 
 write_proxies() {
     local b
@@ -451,14 +406,10 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 TICKS=$(getconf CLK_TCK)
 
-BACKEND_PORTS=()
-for _ in 1 2 3; do
-    free_port >"$TMP/port"
-    BACKEND_PORTS+=("$(cat "$TMP/port")")
-done
+free_ports BACKEND_PORTS 3
 free_port >"$TMP/port"; PROXY_PORT=$(cat "$TMP/port")
 free_port >"$TMP/port"; PROXY_H2_PORT=$(cat "$TMP/port")
-write_backends
+write_backends "$TMP" "${BACKEND_PORTS[@]}"
 write_proxies
 start backends "${ON_LOAD_CPU[@]}" nginx -p "$TMP/backend" -c "$TMP/backend.conf" -e stderr
 for port in "${BACKEND_PORTS[@]}"; do wait_port "$port"; done

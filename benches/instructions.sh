@@ -21,6 +21,8 @@ set -euo pipefail
 LOAD=${LOAD:-keepalive}
 N=${N:-20000}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib/loopback.sh
+. "$ROOT/benches/lib/loopback.sh"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-instructions.XXXXXX")
 chmod 755 "$TMP"
 OUT=${OUT:-$TMP}
@@ -50,25 +52,10 @@ if [ ${#BINS[@]} -eq 0 ]; then
     BINS=("$ROOT/target/release/switchyard")
 fi
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-BASE=$((12000 + RANDOM % 15000))
-PORTS=($BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 3)))
-for p in "${PORTS[@]}"; do port_free "$p" || { log "port $p is taken; run again"; exit 1; }; done
-wait_port() {
-    local i
-    for ((i = 0; i < 600; i++)); do port_free "$1" || return 0; sleep 0.05; done
-    log "nothing listens on 127.0.0.1:$1"; return 1
-}
+free_ports PORTS 4
+write_backends "$TMP" "${PORTS[@]:0:3}"
 
-mkdir -p "$TMP/backend" "$TMP/sy"
-{
-    echo "worker_processes 1; daemon off; master_process on; pid $TMP/backend/nginx.pid;"
-    echo "error_log stderr error; events { worker_connections 4096; }"
-    echo "http { access_log off; keepalive_requests 1000000;"
-    echo "  client_body_temp_path $TMP/backend/body; proxy_temp_path $TMP/backend/proxy;"
-    for p in "${PORTS[@]:0:3}"; do echo "  server { listen 127.0.0.1:$p; location / { return 200 \"ok $p\n\"; } }"; done
-    echo "}"
-} >"$TMP/backend.conf"
+mkdir -p "$TMP/sy"
 {
     echo "workers: 1"
     echo "access_log: off"
@@ -101,14 +88,13 @@ for i in "${!BINS[@]}"; do
         2>"$TMP/valgrind.$i.err" &
     pid=$!
     PIDS+=($pid)
-    wait_port "${PORTS[3]}"
+    wait_port "${PORTS[3]}" 30
     load 2000 >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
     load "$N" >"$TMP/load.$i"
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill "$pid"
     wait "$pid" 2>/dev/null || true
-    for ((w = 0; w < 100; w++)); do port_free "${PORTS[3]}" && break; sleep 0.05; done
     done_reqs=$(awk '/^requests:/ {print $8}' "$TMP/load.$i")
     # The dump requested above is part 1; its summary line is the total since the zeroing.
     ir=$(awk '/^summary:/ {print $2; exit}' "$file.1" 2>/dev/null || echo 0)

@@ -35,6 +35,8 @@ NICE=${NICE:-0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=benches/lib/haproxy.sh
 . "$ROOT/benches/lib/haproxy.sh"
+# shellcheck source=benches/lib/loopback.sh
+. "$ROOT/benches/lib/loopback.sh"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-profile.XXXXXX")
 chmod 755 "$TMP"
 OUT=${OUT:-$TMP}
@@ -75,30 +77,8 @@ fi
 ON_PROXY_CPU=(nice -n "$NICE" taskset -c "$PROXY_CPU")
 ON_LOAD_CPU=(nice -n "$NICE" taskset -c "$LOAD_CPU")
 
-# Fixed ports below the ephemeral range, checked free.
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-BASE=$((12000 + RANDOM % 15000))
-PORTS=($BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 3)))
-for p in "${PORTS[@]}"; do port_free "$p" || { log "port $p is taken; run again"; exit 1; }; done
-wait_port() {
-    local i
-    for ((i = 0; i < 200; i++)); do port_free "$1" || return 0; sleep 0.05; done
-    log "nothing listens on 127.0.0.1:$1"; return 1
-}
-
-mkdir -p "$TMP/backend"
-head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/64k"
-{
-    echo "worker_processes 1; daemon off; master_process on; pid $TMP/backend/nginx.pid;"
-    echo "error_log stderr error; events { worker_connections 4096; }"
-    echo "http { access_log off; keepalive_requests 1000000;"
-    echo "  client_body_temp_path $TMP/backend/body; proxy_temp_path $TMP/backend/proxy;"
-    for p in "${PORTS[@]:0:3}"; do
-        echo "  server { listen 127.0.0.1:$p; location / { return 200 \"ok $p\n\"; }"
-        echo "    location = /64k { alias $TMP/64k; default_type application/octet-stream; } }"
-    done
-    echo "}"
-} >"$TMP/backend.conf"
+free_ports PORTS 4
+write_backends "$TMP" "${PORTS[@]:0:3}"
 # The proxy watches its config's directory: keep it apart from the files the load touches.
 mkdir -p "$TMP/sy"
 {

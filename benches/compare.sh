@@ -76,14 +76,8 @@ PIDS=()
 log() { printf '[compare] %s\n' "$*" >&2; }
 
 cleanup() {
-    local pid
     [ -n "${AUTOGROUP_NICE:-}" ] && echo "$AUTOGROUP_NICE" >/proc/self/autogroup 2>/dev/null
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_started
     rm -rf "$TMP"
 }
 trap cleanup EXIT

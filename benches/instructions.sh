@@ -32,9 +32,7 @@ PIDS=()
 log() { printf '[instructions] %s\n' "$*" >&2; }
 
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    stop_started
     if [ "$OUT" = "$TMP" ]; then rm -rf "$TMP"; else rm -rf "$TMP/backend"; fi
 }
 trap cleanup EXIT

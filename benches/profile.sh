@@ -46,10 +46,8 @@ PIDS=()
 log() { printf '[profile] %s\n' "$*" >&2; }
 
 cleanup() {
-    local pid
     [ -n "${AUTOGROUP_NICE:-}" ] && echo "$AUTOGROUP_NICE" >/proc/self/autogroup 2>/dev/null
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    stop_started
     if [ "$OUT" = "$TMP" ]; then rm -rf "$TMP"; else rm -rf "$TMP/backend"; fi
 }
 trap cleanup EXIT

@@ -68,3 +68,11 @@ write_backends() {
         echo "}"
     } >"$dir/backend.conf"
 }
+
+# Stops every process this script started (their PIDs are in the array PIDS), and only
+# those: a TERM each, then a wait for each.
+stop_started() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}

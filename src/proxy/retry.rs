@@ -102,15 +102,17 @@ pub(crate) async fn attempts(
         if pool.outlier.is_some() {
             *current = Some(upstream.clone());
         }
+        // After a reset or a 502/503 this request may go out again.
+        let may_resend = replayable && attempt + 1 < attempts;
         let result = if pool.protocol == Protocol::Http1
             && !request.headers().contains_key(http::header::UPGRADE)
         {
             exchange_h1(&upstream, pool, request).await
         } else {
-            let resend = replayable && attempt + 1 < attempts;
-            let sent = match resend {
-                true => Box::new(copy_head(request)),
-                false => req.take().expect("checked at the top of the loop"),
+            let sent = if may_resend {
+                Box::new(copy_head(request))
+            } else {
+                req.take().expect("checked at the top of the loop")
             };
             exchange_hyper(&upstream, pool, sent)
                 .await
@@ -134,7 +136,7 @@ pub(crate) async fn attempts(
                 pool.report_outcome(&upstream, failed.then(|| Reason::Status(status.as_u16())));
                 let retryable =
                     status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
-                if retryable && replayable && attempt + 1 < attempts {
+                if retryable && may_resend {
                     last_answer = Some(forwarded);
                     continue;
                 }
@@ -156,7 +158,7 @@ pub(crate) async fn attempts(
                 if matches!(error, ProxyError::UpstreamReset(_)) {
                     pool.report_outcome(&upstream, Some(reason));
                 }
-                let stop = !replayable || !matches!(error, ProxyError::UpstreamReset(_));
+                let stop = !may_resend || !matches!(error, ProxyError::UpstreamReset(_));
                 last_error = Some(error);
                 if stop {
                     break;

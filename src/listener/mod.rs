@@ -180,7 +180,7 @@ impl Listener {
             // `serve_connection` when an `Upgrade` hands it to a tunnel.
             let stream = Counted::new(stream, metrics.accepted());
             // Built in a box of its own: tokio moves a task's future several times on its
-            // way into the task, and this one is KiBs where the box is a pointer.
+            // way into the task, and this one is over a KiB where the box is a pointer.
             tokio::spawn(crate::pin_in_place(|| async move {
                 serve_connection(stream, ctx, &builders, &settings, &signals).await;
                 drop(permit);

@@ -12,7 +12,8 @@
 # then N requests with h2load (bounded by count), counters dumped, everything stopped by PID.
 #
 # Usage: ./benches/instructions.sh [BIN...]      (default: cargo build --release)
-# Environment: LOAD [keepalive] (`h2c`: h2load -c50 -m10 with HTTP/2 prior knowledge),
+# Environment: LOAD [keepalive] (`h2c`: h2load -c50 -m10 with HTTP/2 prior knowledge;
+#   `close`: `Connection: close`, a new connection per request),
 #   N [20000] requests, OUT (directory to keep the callgrind files; default: a temp dir,
 #   removed). With OUT set, `callgrind_annotate` or any callgrind reader shows where the
 #   instructions go (a build with debug symbols names them: see profile.sh).
@@ -41,7 +42,7 @@ trap 'exit 130' INT TERM
 for tool in valgrind callgrind_control nginx h2load curl; do
     command -v "$tool" >/dev/null || { log "missing $tool (apt-get install valgrind nginx-light nghttp2-client curl)"; exit 1; }
 done
-case $LOAD in keepalive | h2c) ;; *) log "LOAD is keepalive or h2c"; exit 1 ;; esac
+case $LOAD in keepalive | h2c | close) ;; *) log "LOAD is keepalive, h2c or close"; exit 1 ;; esac
 
 BINS=("$@")
 if [ ${#BINS[@]} -eq 0 ]; then
@@ -74,6 +75,7 @@ load() {
     case $LOAD in
         keepalive) timeout 600 h2load --h1 -t1 -c50 -n "$1" "$url" ;;
         h2c) timeout 600 h2load -t1 -c50 -m10 -n "$1" "$url" ;;
+        close) timeout 600 h2load --h1 -t1 -c50 -n "$1" -H "Connection: close" "$url" ;;
     esac
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -128,21 +128,23 @@ pub fn add_forwarded(
     host: Option<HeaderValue>,
 ) {
     // Several `X-Forwarded-For` lines are one list (RFC 9110 section 5.3): keep them all,
-    // in order, so no earlier hop is lost.
-    let prior = headers.get_all(&X_FORWARDED_FOR);
-    let xff = if prior.iter().next().is_none() {
-        client_ip.clone()
-    } else {
-        let len: usize = prior.iter().map(|v| v.len() + 2).sum();
-        let mut joined = Vec::with_capacity(len + client_ip.len());
-        for value in prior {
-            joined.extend_from_slice(value.as_bytes());
-            joined.extend_from_slice(b", ");
+    // in order, so no earlier hop is lost. One lookup (the entry) reads and replaces them.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(client_ip.clone());
         }
-        joined.extend_from_slice(client_ip.as_bytes());
-        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
+        Entry::Occupied(mut prior) => {
+            let len: usize = prior.iter().map(|v| v.len() + 2).sum();
+            let mut joined = Vec::with_capacity(len + client_ip.len());
+            for value in prior.iter() {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client_ip.as_bytes());
+            let xff = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone());
+            prior.insert(xff);
+        }
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host);

@@ -140,14 +140,20 @@ pub async fn handle(ctx: &ConnContext, req: Request<ClientBody>) -> Response<Res
 /// never-indexed literal. Every request has its own id, so indexing it would only churn the
 /// connection's dynamic table and make each later lookup walk a long chain of dead ids.
 fn ensure_request_id(ids: &headers::RequestIds, headers: &mut http::HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get_mut(&X_REQUEST_ID) {
-        id.set_sensitive(true);
-        return id.clone();
+    // One lookup (the entry) whether the client sent an id or not.
+    match headers.entry(&X_REQUEST_ID) {
+        http::header::Entry::Occupied(mut sent) => {
+            let id = sent.get_mut();
+            id.set_sensitive(true);
+            id.clone()
+        }
+        http::header::Entry::Vacant(slot) => {
+            let mut id = ids.next();
+            id.set_sensitive(true);
+            slot.insert(id.clone());
+            id
+        }
     }
-    let mut id = ids.next();
-    id.set_sensitive(true);
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
 }
 
 /// Refuses malformed requests before anything is forwarded (SPEC section 10).

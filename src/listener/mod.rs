@@ -377,8 +377,9 @@ async fn serve_plain(
             () = signals.abort.fired() => return,
         }
     };
-    // Boxed, each: the task then starts small and is copied cheaply when spawned, and
-    // carries the state of the one protocol the connection speaks.
+    // HTTP/1.1, the common case, runs inline: the connection's task is built in its box
+    // (see `Listener::serve`), so one allocation holds it all. HTTP/2's state is boxed on its
+    // own, so that an HTTP/1.1 connection does not carry room for it too.
     match sniffed {
         Ok(Some(true)) => {
             let io = WatchedIo::new(stream, activity.clone(), buf.freeze());
@@ -386,8 +387,7 @@ async fn serve_plain(
                 .await;
         }
         Ok(Some(false)) => {
-            crate::pin_in_place(|| serve_h1(stream, buf, ctx, builders, limits, activity, signals))
-                .await;
+            serve_h1(stream, buf, ctx, builders, limits, activity, signals).await;
         }
         Ok(None) => {}
         Err(error) => tracing::debug!(%client, %error, "reading the first request failed"),

@@ -76,6 +76,21 @@ async fn a_client_gone_before_the_response_head_is_logged_as_499() {
     assert_eq!(entry["route"], "all");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_are_logged_with_all_their_bytes() {
+    let backend = Backend::start("b").await;
+    let (proxy, log) = proxy_logging("large", "all", "/", &backend).await;
+    let mut client = Client::connect(proxy.addr).await;
+    // Bodies of known length, larger than one read of the upstream's socket.
+    for size in [1_048_576, 65_536, 3] {
+        let reply = client.get("a", &format!("/sized/{size}")).await;
+        assert_eq!(reply.body.len(), size);
+    }
+    let lines = log_lines(&log, 3).await;
+    let bytes: Vec<_> = lines.iter().map(|l| l["bytes"].as_u64()).collect();
+    assert_eq!(bytes, [Some(1_048_576), Some(65_536), Some(3)]);
+}
+
 /// A proxy whose access log goes to a fresh file; one route `route` with `prefix` to `backend`.
 async fn proxy_logging(
     test: &str,

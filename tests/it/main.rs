@@ -19,6 +19,7 @@ mod grpc;
 mod h2_idle;
 mod health;
 mod http1;
+mod large_bodies;
 mod limits;
 mod metrics;
 mod pipelining;

@@ -155,6 +155,13 @@ async fn answer(
         full(format!("{len} {:x}", hasher.finalize()))
     } else if let Some(n) = path.strip_prefix("/download/") {
         download(n.parse().unwrap_or(0))
+    } else if let Some(n) = path.strip_prefix("/sized/") {
+        // One frame of known size: sent with a `content-length`, unlike `/download/`.
+        full(
+            (0..n.parse().unwrap_or(0))
+                .map(pattern)
+                .collect::<Vec<u8>>(),
+        )
     } else if let Some(code) = path.strip_prefix("/early/") {
         // Answer at once and keep reading the body in the background, connection kept open.
         status = StatusCode::from_u16(code.parse().unwrap_or(401)).unwrap();

@@ -356,6 +356,16 @@ fn rewrite_request(
 
 /// Origin-form URI for the upstream, with the first `strip` bytes of the path removed.
 fn upstream_uri(uri: &Uri, strip: usize) -> Result<Uri, ProxyError> {
+    if strip == 0 {
+        // An absolute-form target (every HTTP/2 request): its path and query as they are,
+        // shared rather than copied.
+        if let Some(pq) = uri
+            .path_and_query()
+            .filter(|pq| pq.as_str().starts_with('/'))
+        {
+            return Ok(Uri::from(pq.clone()));
+        }
+    }
     let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let rest = pq.get(strip..).unwrap_or("");
     let pq = if rest.starts_with('/') {
@@ -407,6 +417,23 @@ mod tests {
         assert_eq!(upstream_uri(&uri, 3).unwrap(), "/users?x=1");
         let uri: Uri = "/v1?x".parse().unwrap();
         assert_eq!(upstream_uri(&uri, 3).unwrap(), "/?x");
+    }
+
+    #[test]
+    fn an_absolute_target_becomes_origin_form() {
+        for (target, origin) in [
+            ("http://a.example/v1/users?x=1", "/v1/users?x=1"),
+            ("http://a.example", "/"),
+            ("http://a.example?x", "/?x"),
+            ("https://u@a.example:8443/p", "/p"),
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            let upstream = upstream_uri(&uri, 0).unwrap();
+            assert_eq!(upstream, origin, "{target}");
+            assert!(upstream.scheme().is_none() && upstream.authority().is_none());
+        }
+        let uri: Uri = "http://a.example/v1/users".parse().unwrap();
+        assert_eq!(upstream_uri(&uri, 3).unwrap(), "/users");
     }
 
     #[test]

@@ -286,9 +286,13 @@ impl Conn {
         }
         let head = match poll_fn(|cx| self.poll_head(cx)).await {
             Ok(head) => head,
-            Err(Error::Incomplete) if self.reused && empty && self.rbuf.is_empty() => {
-                // The upstream closed this pooled connection as we used it: nothing of the
-                // request was taken (it had no body), so it goes to a fresh connection.
+            Err(Error::Incomplete)
+                if self.reused && empty && self.rbuf.is_empty() && req.method().is_idempotent() =>
+            {
+                // No answer on a pooled connection: most likely the upstream closed it as we
+                // used it, but it may also have read the request, acted on it and gone away.
+                // Only an idempotent request may go again, to a fresh connection (RFC 9112
+                // section 9.3.1: a proxy must not retry a non-idempotent one by itself).
                 return Err(SendError::NotSent);
             }
             Err(e) => return Err(failed(e)),
@@ -527,8 +531,10 @@ impl Conn {
 /// Why [`Conn::send`] has no response.
 #[derive(Debug)]
 pub enum SendError {
-    /// The connection was closed before any of the request was written; the request is
-    /// whole again (its body put back).
+    /// The connection was closed before any of the request was written, or, for an
+    /// idempotent request with no body on a reused connection, before any answer (the usual
+    /// sign that the upstream closed it while idle); the request is whole again (its body
+    /// put back) and may go to a fresh connection.
     NotSent,
     /// The exchange failed; the request may have reached the upstream.
     Failed(super::ClientError),

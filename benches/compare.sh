@@ -202,7 +202,10 @@ write_proxies() {
         echo "events { worker_connections 8192; }"
         echo "http { access_log off; keepalive_requests 1000000; keepalive_timeout 60s;"
         echo "  client_body_temp_path $TMP/nginx/body; proxy_temp_path $TMP/nginx/proxy;"
-        echo "  upstream backends { keepalive 256; keepalive_requests 1000000;"
+        # Idle upstream connections kept: as many as switchyard keeps (1,024 per upstream),
+        # so that neither proxy reconnects under c1000 or h2c (500 streams) while the other
+        # reuses: with NGINX's usual 256, NGINX closed and reopened upstream connections.
+        echo "  upstream backends { keepalive $((1024 * ${#BACKEND_PORTS[@]})); keepalive_requests 1000000;"
         for b in "${BACKEND_PORTS[@]}"; do echo "    server 127.0.0.1:$b;"; done
         echo "  }"
         echo "  server { listen 127.0.0.1:$PROXY_PORT backlog=4096; listen 127.0.0.1:$PROXY_H2_PORT http2 backlog=4096;"

@@ -100,7 +100,8 @@ mkdir -p "$TMP/nginx"
     echo "error_log stderr error; events { worker_connections 4096; }"
     echo "http { access_log off; keepalive_requests 1000000;"
     echo "  client_body_temp_path $TMP/nginx/body; proxy_temp_path $TMP/nginx/proxy;"
-    echo "  upstream backends { keepalive 256;"
+    # As in compare.sh: as many idle upstream connections as switchyard keeps.
+    echo "  upstream backends { keepalive 3072;"
     for p in "${PORTS[@]:0:3}"; do echo "    server 127.0.0.1:$p;"; done
     echo "  }"
     echo "  server { listen 127.0.0.1:${PORTS[3]};"

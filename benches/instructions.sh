@@ -24,17 +24,14 @@ N=${N:-20000}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=benches/lib/loopback.sh
 . "$ROOT/benches/lib/loopback.sh"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-instructions.XXXXXX")
-chmod 755 "$TMP"
-OUT=${OUT:-$TMP}
-mkdir -p "$OUT"
+make_work_dirs instructions
 PIDS=()
 
 log() { printf '[instructions] %s\n' "$*" >&2; }
 
 cleanup() {
     stop_started
-    if [ "$OUT" = "$TMP" ]; then rm -rf "$TMP"; else rm -rf "$TMP/backend"; fi
+    remove_work_dirs
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -37,10 +37,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/benches/lib/haproxy.sh"
 # shellcheck source=benches/lib/loopback.sh
 . "$ROOT/benches/lib/loopback.sh"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-profile.XXXXXX")
-chmod 755 "$TMP"
-OUT=${OUT:-$TMP}
-mkdir -p "$OUT"
+make_work_dirs profile
 PIDS=()
 
 log() { printf '[profile] %s\n' "$*" >&2; }
@@ -48,7 +45,7 @@ log() { printf '[profile] %s\n' "$*" >&2; }
 cleanup() {
     [ -n "${AUTOGROUP_NICE:-}" ] && echo "$AUTOGROUP_NICE" >/proc/self/autogroup 2>/dev/null
     stop_started
-    if [ "$OUT" = "$TMP" ]; then rm -rf "$TMP"; else rm -rf "$TMP/backend"; fi
+    remove_work_dirs
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

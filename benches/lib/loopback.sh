@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # What compare.sh, profile.sh and instructions.sh share on 127.0.0.1: free ports, waiting for
-# a listener, and the NGINX backends every proxy they measure forwards to (so that all three
+# a listener, work directories, and the NGINX backends every proxy they measure forwards to (so that all three
 # measure against the same backends). The sourcing script defines `log`.
 
 # A free loopback port below the kernel's ephemeral range (so no outgoing connection of
@@ -75,4 +75,18 @@ stop_started() {
     local pid
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# The run's work directory $TMP (readable by the NGINX backends' workers) and $OUT, where
+# results are kept ($TMP unless the caller set OUT). Usage: make_work_dirs NAME
+make_work_dirs() {
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/switchyard-$1.XXXXXX")
+    chmod 755 "$TMP"
+    OUT=${OUT:-$TMP}
+    mkdir -p "$OUT"
+}
+
+# Removes the work directory (kept results are in $OUT when the caller set it elsewhere).
+remove_work_dirs() {
+    rm -rf "$TMP"
 }

@@ -3,8 +3,9 @@
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::support::TempDir;
 use crate::support::{self, Backend, Client, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,24 +98,34 @@ async fn proxy_logging(
     route: &str,
     prefix: &str,
     backend: &Backend,
-) -> (Proxy, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("switchyard-access-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+) -> (Proxy, AccessLog) {
+    let dir = TempDir::new(&format!("access-{test}"));
     let log = dir.join("access.log");
-    let _ = std::fs::remove_file(&log);
     let yaml = format!(
         "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\naccess_log: \"{}\"\nroutes:\n  - name: {route}\n    match: {{ path_prefix: \"{prefix}\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
         log.display(),
         backend.addr
     );
-    (Proxy::start(&yaml).await, log)
+    (
+        Proxy::start(&yaml).await,
+        AccessLog {
+            path: log,
+            _dir: dir,
+        },
+    )
+}
+
+/// An access log file; its directory is removed when this drops.
+struct AccessLog {
+    path: PathBuf,
+    _dir: TempDir,
 }
 
 /// Waits until the log holds `n` lines and returns them parsed.
-async fn log_lines(log: &Path, n: usize) -> Vec<serde_json::Value> {
+async fn log_lines(log: &AccessLog, n: usize) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
     support::eventually("access log lines", || {
-        lines = std::fs::read_to_string(log)
+        lines = std::fs::read_to_string(&log.path)
             .unwrap_or_default()
             .lines()
             .map(str::to_owned)

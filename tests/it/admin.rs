@@ -536,8 +536,7 @@ async fn eventually_ok(admin: SocketAddr) {
 #[test]
 fn check_and_run_refuse_a_public_admin_bind_without_a_token() {
     let bin = env!("CARGO_BIN_EXE_switchyard");
-    let dir = std::env::temp_dir().join(format!("switchyard-admin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::support::TempDir::new("public-admin");
     let path = dir.join("public-admin.yaml");
     let yaml = config("admin: { bind: \"0.0.0.0:0\" }\n");
     std::fs::write(&path, &yaml).unwrap();

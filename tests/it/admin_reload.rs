@@ -10,8 +10,8 @@ use switchyard::{Server, ServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::reload::TempDir;
 use crate::support::Backend;
+use crate::support::TempDir;
 
 fn config(backend: SocketAddr, admin: &str) -> String {
     format!(

@@ -13,7 +13,7 @@ use switchyard::{Server, ServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::reload::TempDir;
+use crate::support::TempDir;
 use crate::support::{self, Backend, DEADLINE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");

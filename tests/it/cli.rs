@@ -4,21 +4,21 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::support::TempDir;
 use crate::support::{self, Backend};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-/// A config file in a fresh temporary directory.
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A config file in a fresh temporary directory, removed when the returned guard drops.
+fn write_config(name: &str, text: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(&format!("cli-{name}"));
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 fn check(name: &str, text: &str) -> Output {
-    let path = write_config(name, text);
+    let (_dir, path) = write_config(name, text);
     Command::new(BIN)
         .args(["check", "--config"])
         .arg(&path)
@@ -105,7 +105,7 @@ fn check_reports_a_missing_file() {
 
 #[test]
 fn run_refuses_an_invalid_config_without_starting() {
-    let path = write_config("bad-run.yaml", &VALID.replace("pool: p\n", "pool: nope\n"));
+    let (_dir, path) = write_config("bad-run.yaml", &VALID.replace("pool: p\n", "pool: nope\n"));
     let out = Command::new(BIN)
         .arg("--config")
         .arg(&path)
@@ -139,7 +139,7 @@ async fn sigterm_lets_a_slow_request_finish_and_exits_0() {
         "listeners:\n  - name: a\n    bind: \"127.0.0.1:{port}\"\naccess_log: off\nroutes:\n  - name: r\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
         backend.addr
     );
-    let path = write_config("sigterm.yaml", &text);
+    let (_dir, path) = write_config("sigterm.yaml", &text);
     // No `run`: `switchyard --config FILE` runs the proxy.
     let mut child = Command::new(BIN)
         .arg("--config")

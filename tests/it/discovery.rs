@@ -20,7 +20,7 @@ use switchyard::{Server, ServerOptions};
 use tokio::net::TcpStream;
 
 use crate::admin::{get_json, pool_view, until, upstreams};
-use crate::reload::TempDir;
+use crate::support::TempDir;
 use crate::support::{config, free_port, Backend, Client, Proxy, DEADLINE};
 
 /// Where Debian's `etcd-server` installs the binary.

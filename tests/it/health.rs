@@ -638,7 +638,8 @@ async fn a_registered_instance_is_health_checked_until_it_is_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_upstream_stays_unhealthy_across_a_file_reload() {
-    use crate::reload::{post_reload, start_file, with_admin, TempDir};
+    use crate::reload::{post_reload, start_file, with_admin};
+    use crate::support::TempDir;
     let (a, b) = (
         HealthBackend::start("a").await,
         HealthBackend::start("b").await,

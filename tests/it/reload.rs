@@ -3,8 +3,8 @@
 //! SIGHUP and SIGTERM through the real binary are in `cli.rs`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,37 +13,10 @@ use switchyard::reload::{ReloadError, ReloadStatus, Trigger};
 use switchyard::{Server, ServerOptions};
 use tokio::time::Instant;
 
-use crate::support::{self, Backend, Client, DEADLINE};
+use crate::support::{self, Backend, Client, TempDir, DEADLINE};
 
 /// A route change must serve within this long after the write.
 const WITHIN: Duration = Duration::from_secs(2);
-
-/// A fresh temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-reload-{}-{name}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Writes `text` to a temp file beside `path` and renames it over `path`, as editors do.
 pub fn write_and_rename(path: &Path, text: &str) {

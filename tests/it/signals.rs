@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::reload::{routed_to, TempDir};
+use crate::reload::routed_to;
+use crate::support::TempDir;
 use crate::support::{self, Backend, DEADLINE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");

@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # The HAProxy config that compare.sh and profile.sh run, so that both measure the same proxy:
-# one thread, HTTP mode, round robin over the backends, X-Forwarded-For added, and HAProxy's
-# default keep-alive and connection reuse on both sides.
+# one thread, HTTP mode, round robin over the backends, X-Forwarded-For added, keep-alive on
+# both sides, and idle backend connections reused by any request (`http-reuse always`, as
+# switchyard and NGINX do; HAProxy's default, `safe`, opens a new one for the first request of
+# every client connection).
 
 # Prints the config. Usage: haproxy_config BIND... -- BACKEND_PORT...
 # Each BIND is what follows `bind` (an address, maybe with `proto h2` for h2c).
@@ -22,6 +24,7 @@ haproxy_config() {
     echo "  timeout client 60s"
     echo "  timeout server 60s"
     echo "  option forwardfor"
+    echo "  http-reuse always"
     echo "frontend bench"
     for bind in "${binds[@]}"; do echo "  bind $bind"; done
     echo "  default_backend backends"

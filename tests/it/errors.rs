@@ -28,6 +28,19 @@ async fn refused_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
+/// The statuses of `n` POSTs of one byte to `path`, one after another on `client`.
+async fn post_statuses(client: &mut Client, path: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(n);
+    for _ in 0..n {
+        let req = Request::post(path)
+            .header("host", "a")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        statuses.push(client.send(req).await.status.as_u16());
+    }
+    statuses
+}
+
 fn assert_plain(reply: &support::Reply, status: u16, says: &str) {
     assert_eq!(reply.status, status, "{}", reply.text());
     assert!(reply.header("content-type").starts_with("text/plain"));
@@ -226,14 +239,7 @@ async fn an_idempotent_request_answered_503_is_retried_elsewhere_but_a_post_is_n
         // A retry's pick moves the round robin on too: at least every other first attempt.
         assert!(failing.requests() >= 3, "{protocol}{}", failing.requests());
         assert_eq!(live.requests(), 6, "{protocol}");
-        let mut posts = Vec::new();
-        for _ in 0..4 {
-            let req = Request::post("/")
-                .header("host", "a")
-                .body(Full::new(Bytes::from_static(b"x")))
-                .unwrap();
-            posts.push(client.send(req).await.status.as_u16());
-        }
+        let posts = post_statuses(&mut client, "/", 4).await;
         let passed_on = posts.iter().filter(|s| **s == 503).count();
         assert_eq!(passed_on, 2, "{protocol}{posts:?}");
     }
@@ -360,14 +366,7 @@ async fn after_a_reset_a_bodyless_get_is_sent_again_elsewhere_but_a_post_is_not(
     // A retry's pick moves the round robin on too: at least every other first attempt.
     assert!(heads.load(Ordering::SeqCst) >= 2, "{heads:?}");
     assert_eq!(live.requests(), 4);
-    let mut posts = Vec::new();
-    for _ in 0..4 {
-        let req = Request::post("/upload")
-            .header("host", "a")
-            .body(Full::new(Bytes::from_static(b"x")))
-            .unwrap();
-        posts.push(client.send(req).await.status.as_u16());
-    }
+    let posts = post_statuses(&mut client, "/upload", 4).await;
     // Not retried, the posts alternate: half are reset.
     assert_eq!(posts.iter().filter(|s| **s == 502).count(), 2, "{posts:?}");
     assert_eq!(live.requests(), 6);

@@ -1,7 +1,6 @@
 //! The proxy's own answers (SPEC section 4), retries (section 5) and hostile input.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -245,38 +244,13 @@ async fn an_idempotent_request_answered_503_is_retried_elsewhere_but_a_post_is_n
     }
 }
 
-/// An upstream that reads each request head and closes the connection without an answer.
-async fn resetting_upstream() -> (String, Arc<AtomicUsize>) {
+/// An upstream that answers the first `answered` requests on each connection (keeping it
+/// open), then reads the next request's head and closes without answering; returns its
+/// address and the request lines it read, in order.
+async fn unanswering_upstream(answered: usize) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let heads = Arc::new(AtomicUsize::new(0));
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while let Ok(n @ 1..) = stream.read(&mut chunk).await {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        seen.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, heads)
-}
-
-/// An upstream that answers the first request on each connection (keeping it open), then
-/// reads the next request's head and closes without answering; returns its address and the
-/// request lines it read, in order.
-async fn answer_once_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = Arc::new(Mutex::new(Vec::new()));
     let seen = lines.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -284,7 +258,7 @@ async fn answer_once_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) 
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
-                for answered in [false, true] {
+                for request in 0..=answered {
                     let end = loop {
                         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             break end + 4;
@@ -299,7 +273,7 @@ async fn answer_once_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) 
                     seen.lock()
                         .unwrap()
                         .push(head.lines().next().unwrap_or("").to_owned());
-                    if answered {
+                    if request == answered {
                         return;
                     }
                     let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -315,7 +289,7 @@ async fn answer_once_upstream() -> (String, Arc<std::sync::Mutex<Vec<String>>>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_closed_unanswered_resends_a_get_but_never_a_post() {
-    let (addr, lines) = answer_once_upstream().await;
+    let (addr, lines) = unanswering_upstream(1).await;
     let proxy = Proxy::start(&pool_of(&[addr], "", "")).await;
     let mut client = Client::connect(proxy.addr).await;
     // The first request opens the upstream connection, which then goes back to the pool.
@@ -348,7 +322,7 @@ async fn a_pooled_connection_closed_unanswered_resends_a_get_but_never_a_post() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_reset_a_bodyless_get_is_sent_again_elsewhere_but_a_post_is_not() {
-    let (resetting, heads) = resetting_upstream().await;
+    let (resetting, heads) = unanswering_upstream(0).await;
     let live = Backend::start("live").await;
     let addrs = [resetting, live.addr.to_string()];
     let proxy = Proxy::start(&pool_of(&addrs, "    retries: 1\n", "")).await;
@@ -364,7 +338,7 @@ async fn after_a_reset_a_bodyless_get_is_sent_again_elsewhere_but_a_post_is_not(
         );
     }
     // A retry's pick moves the round robin on too: at least every other first attempt.
-    assert!(heads.load(Ordering::SeqCst) >= 2, "{heads:?}");
+    assert!(heads.lock().unwrap().len() >= 2, "{heads:?}");
     assert_eq!(live.requests(), 4);
     let posts = post_statuses(&mut client, "/upload", 4).await;
     // Not retried, the posts alternate: half are reset.

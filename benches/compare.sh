@@ -177,22 +177,7 @@ write_proxies() {
     for variant in switchyard switchyard-log; do
         local log=off
         [ "$variant" = switchyard-log ] && log="$TMP/access.log"
-        {
-            echo "workers: 1"
-            echo "access_log: $log"
-            echo "listeners:"
-            echo "  - name: bench"
-            echo "    bind: \"127.0.0.1:$PROXY_PORT\""
-            echo "    limits: { max_connections: 20000 }"
-            echo "routes:"
-            echo "  - name: all"
-            echo "    pool: backends"
-            echo "pools:"
-            echo "  - name: backends"
-            echo "    strategy: round_robin"
-            echo "    upstreams:"
-            for b in "${BACKEND_PORTS[@]}"; do echo "      - { addr: \"127.0.0.1:$b\" }"; done
-        } >"$TMP/sy/$variant.yaml"
+        write_switchyard_config "$TMP/sy/$variant.yaml" "$PROXY_PORT" "$log" "${BACKEND_PORTS[@]}"
     done
     # NGINX: plaintext HTTP/2 needs its own port (`listen ... http2` is h2c only).
     mkdir -p "$TMP/nginx"

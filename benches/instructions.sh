@@ -52,16 +52,7 @@ free_ports PORTS 4
 write_backends "$TMP" "${PORTS[@]:0:3}"
 
 mkdir -p "$TMP/sy"
-{
-    echo "workers: 1"
-    echo "access_log: off"
-    echo "listeners: [{ name: bench, bind: \"127.0.0.1:${PORTS[3]}\" }]"
-    echo "routes: [{ name: all, pool: backends }]"
-    echo "pools:"
-    echo "  - name: backends"
-    echo "    upstreams:"
-    for p in "${PORTS[@]:0:3}"; do echo "      - { addr: \"127.0.0.1:$p\" }"; done
-} >"$TMP/sy/proxy.yaml"
+write_switchyard_config "$TMP/sy/proxy.yaml" "${PORTS[3]}" off "${PORTS[@]:0:3}"
 
 nginx -p "$TMP/backend" -c "$TMP/backend.conf" -e stderr 2>"$TMP/backend.err" &
 PIDS+=($!)

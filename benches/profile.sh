@@ -76,16 +76,9 @@ free_ports PORTS 4
 write_backends "$TMP" "${PORTS[@]:0:3}"
 # The proxy watches its config's directory: keep it apart from the files the load touches.
 mkdir -p "$TMP/sy"
-{
-    echo "workers: 1"
-    if [ "${ACCESS_LOG:-off}" = file ]; then echo "access_log: $TMP/access.log"; else echo "access_log: off"; fi
-    echo "listeners: [{ name: bench, bind: \"127.0.0.1:${PORTS[3]}\" }]"
-    echo "routes: [{ name: all, pool: backends }]"
-    echo "pools:"
-    echo "  - name: backends"
-    echo "    upstreams:"
-    for p in "${PORTS[@]:0:3}"; do echo "      - { addr: \"127.0.0.1:$p\" }"; done
-} >"$TMP/sy/proxy.yaml"
+log=off
+[ "${ACCESS_LOG:-off}" = file ] && log="$TMP/access.log"
+write_switchyard_config "$TMP/sy/proxy.yaml" "${PORTS[3]}" "$log" "${PORTS[@]:0:3}"
 
 "${ON_LOAD_CPU[@]}" nginx -p "$TMP/backend" -c "$TMP/backend.conf" -e stderr 2>"$TMP/backend.err" &
 PIDS+=($!)

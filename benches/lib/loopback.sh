@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # What compare.sh, profile.sh and instructions.sh share on 127.0.0.1: free ports, waiting for
-# a listener, work directories, and the NGINX backends every proxy they measure forwards to (so that all three
-# measure against the same backends). The sourcing script defines `log`.
+# a listener, work directories, the switchyard config they measure, and the NGINX backends
+# every proxy forwards to (so that all three measure against the same backends). The
+# sourcing script defines `log`.
 
 # A free loopback port below the kernel's ephemeral range (so no outgoing connection of
 # this run or another process can be holding it as its source port), not answering a
@@ -89,4 +90,28 @@ make_work_dirs() {
 # Removes the work directory (kept results are in $OUT when the caller set it elsewhere).
 remove_work_dirs() {
     rm -rf "$TMP"
+}
+
+# The switchyard config every script measures: one worker, one listener on 127.0.0.1:PORT,
+# one route to a round-robin pool of the backends. ACCESS_LOG is `off` or a file.
+# Usage: write_switchyard_config FILE PORT ACCESS_LOG BACKEND_PORT...
+write_switchyard_config() {
+    local file=$1 port=$2 log=$3 p
+    shift 3
+    {
+        echo "workers: 1"
+        echo "access_log: $log"
+        echo "listeners:"
+        echo "  - name: bench"
+        echo "    bind: \"127.0.0.1:$port\""
+        echo "    limits: { max_connections: 20000 }"
+        echo "routes:"
+        echo "  - name: all"
+        echo "    pool: backends"
+        echo "pools:"
+        echo "  - name: backends"
+        echo "    strategy: round_robin"
+        echo "    upstreams:"
+        for p in "$@"; do echo "      - { addr: \"127.0.0.1:$p\" }"; done
+    } >"$file"
 }

@@ -127,23 +127,13 @@ impl ListenerSettings {
     }
 
     /// Whether both are plaintext, or both terminate TLS with the same certificate and key
-    /// bytes (what a reload compares to tell whether certificates changed).
+    /// bytes: whether a rebuild picked up changed certificates.
     pub fn same_tls(&self, other: &ListenerSettings) -> bool {
         match (&self.tls, &other.tls) {
             (None, None) => true,
             (Some(a), Some(b)) => a.same_material(b),
             _ => false,
         }
-    }
-
-    /// Whether `other` serves with the same material: bind address, limits and TLS
-    /// certificates. An explicit reload of an unchanged file bumps the generation only
-    /// when some listener's material changed.
-    pub fn same_material(&self, other: &ListenerSettings) -> bool {
-        self.name == other.name
-            && self.bind == other.bind
-            && self.limits == other.limits
-            && self.same_tls(other)
     }
 }
 

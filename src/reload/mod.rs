@@ -5,15 +5,14 @@
 //! 1. reads, parses and validates the whole file (off the async workers); an error keeps the
 //!    old snapshot serving;
 //! 2. skips the rest when the trigger is the file watcher and the parsed config equals the
-//!    running one (a `touch` or a save without changes is not a new generation);
-//! 3. builds the new snapshot (off the async workers: DNS, certificate files), carrying
-//!    upstreams, their health, in-flight counts and pooled connections, and balancer
-//!    positions over from the running one (see `snapshot`);
-//! 4. for an explicit trigger on an unchanged config, stops here when no listener's material
-//!    ([`ListenerSettings::same_material`]) changed: the generation stays;
-//! 5. binds the listeners the new config adds or moves; a failed bind fails the reload and
+//!    running one (a `touch` or a save without changes is not a new generation); SIGHUP and
+//!    `POST /reload` always go on, as SPEC section 7 says of a valid reload;
+//! 3. builds the new snapshot (off the async workers: DNS, certificate files, CA bundles),
+//!    carrying upstreams, their health, in-flight counts and pooled connections, and
+//!    balancer positions over from the running one (see `snapshot`);
+//! 4. binds the listeners the new config adds or moves; a failed bind fails the reload and
 //!    closes what this attempt bound;
-//! 6. stores the snapshot (generation + 1), then starts the new listeners and closes the
+//! 5. stores the snapshot (generation + 1), then starts the new listeners and closes the
 //!    removed ones (they drain), then runs the post-swap hook.
 //!
 //! Every outcome is logged and recorded in a [`ReloadStatus`] that the admin API and metrics
@@ -58,8 +57,8 @@ impl Trigger {
         }
     }
 
-    /// Whether an operator asked explicitly (SIGHUP, admin): such a reload re-reads listener
-    /// material (certificates) even when the YAML did not change.
+    /// Whether an operator asked explicitly (SIGHUP, admin): such a reload swaps a new
+    /// snapshot in (certificates and CA bundles re-read) even when the YAML did not change.
     pub fn is_explicit(self) -> bool {
         !matches!(self, Trigger::Watch)
     }
@@ -177,8 +176,9 @@ impl Reloader {
         Ok(())
     }
 
-    /// Reloads the config file; returns the generation now serving (unchanged when nothing
-    /// changed). On error the running config stays. Concurrent calls run one after another.
+    /// Reloads the config file; returns the generation now serving (unchanged only when the
+    /// watcher found the file's config unchanged). On error the running config stays.
+    /// Concurrent calls run one after another.
     pub async fn reload(&self, trigger: Trigger) -> Result<u64, ReloadError> {
         let started = tokio::time::Instant::now();
         // The semaphore is never closed, so acquiring only fails in theory.
@@ -232,8 +232,7 @@ impl Reloader {
         if admin_bind(&config) != admin_bind(&current.config) {
             return Err(ReloadError::AdminBind);
         }
-        let same_config = config == *current.config;
-        if same_config && !trigger.is_explicit() {
+        if !trigger.is_explicit() && config == *current.config {
             tracing::debug!(generation = current.generation, "config file unchanged");
             return Ok(current.generation);
         }
@@ -245,9 +244,6 @@ impl Reloader {
             })
         })
         .await?;
-        if same_config && same_listener_material(&current, &next) {
-            return Ok(current.generation);
-        }
         let plan = self.listeners().plan(&next.config.listeners)?;
         let next = Arc::new(next);
         self.inner.shared.store(next.clone());
@@ -306,16 +302,6 @@ impl Reloader {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Whether `next` has the same listeners as `current`, each with the same material.
-fn same_listener_material(current: &Snapshot, next: &Snapshot) -> bool {
-    current.listeners.len() == next.listeners.len()
-        && next.listeners.iter().all(|n| {
-            current
-                .listener(&n.name)
-                .is_some_and(|c| c.same_material(n))
-        })
 }
 
 /// Runs blocking work (file reads, DNS) on tokio's blocking pool.

@@ -11,8 +11,9 @@
 //! connections carry over.
 //!
 //! Choices where the SPEC is silent:
-//! - default `ttl` [`DEFAULT_TTL`], at most [`MAX_TTL`]; a renewal may change weight and ttl
-//!   (a new weight makes a new upstream: the balancer's weights are fixed per upstream);
+//! - default `ttl` [`DEFAULT_TTL`], at most [`MAX_TTL`]; a renewal may change weight and ttl,
+//!   and keeps the registered value of a field it leaves out (a new weight makes a new
+//!   upstream: the balancer's weights are fixed per upstream);
 //! - registering an address that the pool already lists in the file is refused
 //!   ([`RegistryError::Static`], `409`): the file owns it, and a registry copy would double it.
 //!
@@ -138,12 +139,10 @@ impl Registry {
         weight: Option<u32>,
         ttl: Option<Duration>,
     ) -> Result<(Registration, bool), RegistryError> {
-        let weight = weight.unwrap_or(crate::config::DEFAULT_WEIGHT);
-        if !(1..=MAX_WEIGHT).contains(&weight) {
+        if let Some(weight) = weight.filter(|w| !(1..=MAX_WEIGHT).contains(w)) {
             return Err(RegistryError::Weight(weight));
         }
-        let ttl = ttl.unwrap_or(DEFAULT_TTL);
-        if ttl.is_zero() || ttl > MAX_TTL {
+        if let Some(ttl) = ttl.filter(|t| t.is_zero() || *t > MAX_TTL) {
             return Err(RegistryError::Ttl(format_duration(ttl)));
         }
         let mut entries = self.lock();
@@ -162,8 +161,15 @@ impl Registry {
                 addr,
             });
         }
-        let expires = Instant::now() + ttl;
         let key = (pool.to_owned(), addr);
+        // A renewal that leaves a field out keeps the registered value (a heartbeat need not
+        // repeat them); a first registration takes the defaults.
+        let registered = entries.get(&key);
+        let weight = weight
+            .or(registered.map(|e| e.upstream.weight))
+            .unwrap_or(crate::config::DEFAULT_WEIGHT);
+        let ttl = ttl.or(registered.map(|e| e.ttl)).unwrap_or(DEFAULT_TTL);
+        let expires = Instant::now() + ttl;
         let created = match entries.get_mut(&key) {
             Some(entry) if entry.upstream.weight == weight => {
                 entry.ttl = ttl;

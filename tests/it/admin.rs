@@ -254,6 +254,39 @@ async fn a_registered_instance_takes_traffic_until_it_is_deleted() {
 }
 
 #[tokio::test]
+async fn a_renewal_keeps_the_weight_and_ttl_it_leaves_out() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let (_proxy, admin) = start(None, &one_pool("reg", &[&a])).await;
+    let path = format!("/registry/reg/{}", b.addr);
+    let put = |body: &'static str| {
+        let path = path.clone();
+        async move {
+            let answer = call(admin, Method::PUT, &path, body, None).await;
+            let entry: Value = serde_json::from_slice(&answer.body).unwrap();
+            (answer.status, entry["weight"].clone(), entry["ttl"].clone())
+        }
+    };
+
+    let created = put(r#"{"weight": 3, "ttl": "1m"}"#).await;
+    assert_eq!(created, (StatusCode::CREATED, 3.into(), "1m".into()));
+    // A bare heartbeat renews what was registered.
+    assert_eq!(put("").await, (StatusCode::OK, 3.into(), "1m".into()));
+    assert_eq!(put("{}").await, (StatusCode::OK, 3.into(), "1m".into()));
+    // Each field given replaces only itself.
+    assert_eq!(
+        put(r#"{"weight": 2}"#).await,
+        (StatusCode::OK, 2.into(), "1m".into())
+    );
+    assert_eq!(
+        put(r#"{"ttl": "2m"}"#).await,
+        (StatusCode::OK, 2.into(), "2m".into())
+    );
+    let ups = upstreams(admin, "reg").await;
+    assert_eq!((ups.len(), ups[1]["weight"].clone()), (2, 2.into()));
+}
+
+#[tokio::test]
 async fn a_registered_instance_expires_without_renewal() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;

@@ -46,9 +46,9 @@ struct ConfigArg {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// Worker threads (overrides `workers` in the config; default one per core).
-    #[arg(long)]
-    workers: Option<usize>,
+    /// Worker threads, `auto` (one per core) or a number (overrides `workers` in the config).
+    #[arg(long, value_parser = parse_workers)]
+    workers: Option<Workers>,
     /// Log filter when RUST_LOG is unset, e.g. info, debug, switchyard=trace.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -118,13 +118,24 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     config::load(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))
 }
 
+/// `--workers`: `auto` or a count of at least 1, as `workers` in the file.
+fn parse_workers(text: &str) -> Result<Workers, String> {
+    match text.parse::<usize>() {
+        _ if text == "auto" => Ok(Workers::Auto),
+        Ok(n) if n >= 1 => Ok(Workers::Count(n)),
+        _ => Err(format!(
+            "expected `auto` or a number of at least 1, got `{text}`"
+        )),
+    }
+}
+
 fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
     init_tracing(&args.log_level);
     let config = load(&args.config.config)?;
-    let workers = args.workers.unwrap_or(match config.workers {
+    let workers = match args.workers.unwrap_or(config.workers) {
         Workers::Count(n) => n,
         Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    });
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .enable_all()

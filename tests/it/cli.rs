@@ -120,6 +120,22 @@ fn run_refuses_an_invalid_config_without_starting() {
 }
 
 #[test]
+fn workers_is_auto_or_a_positive_number() {
+    for bad in ["0", "1.5", "many"] {
+        let out = Command::new(BIN)
+            .args(["run", "--workers", bad, "--config", "/nonexistent.yaml"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--workers {bad}");
+        assert!(
+            stderr(&out).contains("expected `auto` or a number of at least 1"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn version_and_help_are_printed() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
@@ -144,7 +160,7 @@ async fn sigterm_lets_a_slow_request_finish_and_exits_0() {
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&path)
-        .args(["--workers", "1"])
+        .args(["--workers", "auto"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -10,10 +10,10 @@
 //!   probe with [`Health::record_check`]; a [`Counter`] turns consecutive results into a
 //!   transition once `healthy_threshold` / `unhealthy_threshold` is met.
 //! - **Outlier ejection** (`Pool::report_outcome`, called from `proxy::retry`): consecutive
-//!   failures on live traffic eject the upstream; it returns after the ejection time, on
-//!   probation: its next failure ejects it again at once, its next success clears the record.
-//!   The ejection time grows linearly with consecutive ejections, as Envoy's does
-//!   (`ejection_time x n`), capped at [`MAX_EJECTION_TIME`] (or `ejection_time` if longer).
+//!   failures on live traffic eject the upstream for `ejection_time`; then it takes traffic
+//!   again with its failure count at zero, as SPEC section 6 says: each ejection lasts the
+//!   same, and takes `consecutive_failures` new failures. Its first success after returning
+//!   clears the count of ejections in a row that status pages show.
 //!
 //! **How pools notice.** Every transition bumps the [`HealthEpoch`] the upstream belongs to.
 //! A pool shares one epoch with its predecessors of older snapshots (a reload hands it over) and
@@ -37,10 +37,6 @@ use super::{ClientError, Pool, Upstream};
 use crate::config::OutlierConfig;
 
 pub use checker::{Checkers, JITTER_PERCENT, MAX_CHECK_BODY, USER_AGENT_VALUE};
-
-/// Longest ejection, however many times in a row an upstream was ejected (Envoy's default
-/// `max_ejection_time`); an `ejection_time` above it is used as is.
-pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 
 /// Why a check or a live attempt passed or failed, as shown in logs and status pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,12 +205,6 @@ impl Counter {
     }
 }
 
-/// How long the `n`th ejection in a row lasts: `base x n`, capped (see the module doc).
-pub fn ejection_duration(base: Duration, n: u32) -> Duration {
-    base.saturating_mul(n.max(1))
-        .min(base.max(MAX_EJECTION_TIME))
-}
-
 /// The health state of one upstream; lives in [`Upstream`] and carries over reloads with it.
 #[derive(Debug)]
 pub struct Health {
@@ -222,8 +212,8 @@ pub struct Health {
     healthy: AtomicBool,
     /// Ejected by outlier detection; read by `Upstream::is_healthy`.
     ejected: AtomicBool,
-    /// Back from an ejection and not yet seen succeeding: one failure ejects again.
-    probation: AtomicBool,
+    /// Back from an ejection and not yet seen succeeding: a success clears `ejections`.
+    returned: AtomicBool,
     /// Consecutive live-traffic failures.
     outlier_failures: AtomicU32,
     checks_ok: AtomicU64,
@@ -247,7 +237,7 @@ impl Default for Health {
         Health {
             healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
-            probation: AtomicBool::new(false),
+            returned: AtomicBool::new(false),
             outlier_failures: AtomicU32::new(0),
             checks_ok: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
@@ -375,7 +365,7 @@ impl Upstream {
             if h.outlier_failures.load(Ordering::Relaxed) != 0 {
                 h.outlier_failures.store(0, Ordering::Relaxed);
             }
-            if h.probation.load(Ordering::Relaxed) && h.probation.swap(false, Ordering::Relaxed) {
+            if h.returned.load(Ordering::Relaxed) && h.returned.swap(false, Ordering::Relaxed) {
                 h.state().ejections = 0;
             }
             return;
@@ -385,12 +375,12 @@ impl Upstream {
             return;
         }
         let failures = h.outlier_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= cfg.consecutive_failures || h.probation.load(Ordering::Relaxed) {
+        if failures >= cfg.consecutive_failures {
             self.eject(reason, cfg.ejection_time, pool);
         }
     }
 
-    fn eject(self: &Arc<Self>, reason: Reason, base: Duration, pool: &Arc<str>) {
+    fn eject(self: &Arc<Self>, reason: Reason, duration: Duration, pool: &Arc<str>) {
         let h = &self.health;
         // Without a runtime no timer could end the ejection: better not to eject at all.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -400,7 +390,7 @@ impl Upstream {
         if h.ejected.swap(true, Ordering::AcqRel) {
             return;
         }
-        h.probation.store(false, Ordering::Relaxed);
+        h.returned.store(false, Ordering::Relaxed);
         h.outlier_failures.store(0, Ordering::Relaxed);
         let ejections = {
             let mut state = h.state();
@@ -409,7 +399,6 @@ impl Upstream {
             state.ejections
         };
         h.epoch.load().bump();
-        let duration = ejection_duration(base, ejections);
         tracing::warn!(pool = %pool, upstream = %self.id, %reason, ejections, ?duration, "upstream ejected");
         let weak = Arc::downgrade(self);
         let pool = pool.clone();
@@ -425,7 +414,7 @@ impl Upstream {
     fn end_ejection(&self, pool: &str) {
         let h = &self.health;
         h.outlier_failures.store(0, Ordering::Relaxed);
-        h.probation.store(true, Ordering::Relaxed);
+        h.returned.store(true, Ordering::Relaxed);
         h.state().last_change = Some(SystemTime::now());
         h.ejected.store(false, Ordering::Release);
         h.epoch.load().bump();

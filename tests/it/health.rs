@@ -303,7 +303,7 @@ async fn a_pool_whose_upstreams_all_fail_answers_503_naming_the_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_answering_503_is_ejected_after_n_failures_and_tried_again_later() {
+async fn an_upstream_answering_503_is_ejected_after_n_failures_each_time_and_tried_again() {
     let (a, b) = (
         HealthBackend::start("a").await,
         HealthBackend::start("b").await,
@@ -327,14 +327,19 @@ async fn an_upstream_answering_503_is_ejected_after_n_failures_and_tried_again_l
         client.get("a", "/").await;
     }
     assert!(ejected_at.elapsed() >= Duration::from_millis(990));
-    assert_eq!(a.requests(), 4, "one failure on probation ejects it again");
+    // Back with a clean count, and still failing: ejected again after three more failures.
+    while !health(&proxy, &a).ejected {
+        assert!(Instant::now() < deadline, "a was never ejected again");
+        client.get("a", "/").await;
+    }
+    assert_eq!(a.requests(), 6, "three failures again, not one");
     let status = health(&proxy, &a);
     assert!(status.ejected && status.ejections == 2, "{status:?}");
     assert!(answers(&mut client, 6).await.iter().all(|s| s == "b"));
 
     a.set_traffic_status(200);
     let deadline = Instant::now() + DEADLINE;
-    while a.requests() == 4 {
+    while a.requests() == 6 {
         assert!(Instant::now() < deadline, "a never came back");
         client.get("a", "/").await;
     }

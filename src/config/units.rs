@@ -6,7 +6,7 @@
 //! error would point at the enclosing mapping instead. Cross-field rules live in `validate.rs`.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -92,14 +92,33 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
-/// Parses a listener or admin `bind`: an IP socket address, no hostnames.
+/// Parses a listener or admin `bind`: `IP:PORT`, `[IPv6]:PORT`, or `host:port` with a name
+/// resolved once, here (the first IPv4 address it has, else its first address).
 pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, String> {
-    text.parse().map_err(|_| {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let invalid = || {
         format!(
-            "invalid bind address {text:?}: expected IP:PORT, like 0.0.0.0:8080, \
-             127.0.0.1:9901 or [::]:8080 (hostnames are not accepted here)"
+            "invalid bind address {text:?}: expected host:port or [IPv6]:port, like \
+             0.0.0.0:8080, localhost:9901 or [::]:8080"
         )
-    })
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if host.is_empty() || host.contains([':', '[', ']', '/']) {
+        return Err(invalid());
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve bind address {text:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("bind address {text:?} resolves to no address"))
 }
 
 /// Checks an upstream `addr`: `host:port`, `1.2.3.4:port` or `[v6]:port`, port 1..=65535.
@@ -185,7 +204,7 @@ pub(crate) fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
 
 /// `#[serde(deserialize_with = "bind")]` for `SocketAddr` fields.
 pub(crate) fn bind<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    d.deserialize_str(ParseVisitor(parse_bind, "an IP:PORT address"))
+    d.deserialize_str(ParseVisitor(parse_bind, "a host:port address"))
 }
 
 /// Deserializes any `FromStr` type whose error is a ready-made message.
@@ -344,11 +363,22 @@ mod tests {
     }
 
     #[test]
-    fn bind_addresses_are_ip_port() {
-        assert!(parse_bind("0.0.0.0:8080").is_ok());
+    fn bind_addresses_are_host_port() {
+        assert_eq!(parse_bind("0.0.0.0:8080"), Ok(([0, 0, 0, 0], 8080).into()));
         assert!(parse_bind("[::]:0").is_ok());
-        assert!(parse_bind("localhost:80")
-            .unwrap_err()
-            .contains("hostnames are not accepted"));
+        // Resolved from /etc/hosts; IPv4 first.
+        assert_eq!(parse_bind("localhost:80"), Ok(([127, 0, 0, 1], 80).into()));
+        for bad in [
+            "localhost",
+            "localhost:http",
+            ":80",
+            "::1:80",
+            "[::1]:99999",
+        ] {
+            assert!(
+                parse_bind(bad).unwrap_err().contains("expected host:port"),
+                "{bad}"
+            );
+        }
     }
 }

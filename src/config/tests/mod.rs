@@ -262,12 +262,12 @@ fn bad_size_names_the_accepted_forms() {
 
 #[test]
 fn bad_bind_address_is_a_serde_error() {
-    let yaml = BASE.replace("\"127.0.0.1:8080\"", "localhost:8080");
+    let yaml = BASE.replace("\"127.0.0.1:8080\"", "localhost");
     assert_error(
         &yaml,
         3,
         11,
-        "invalid bind address \"localhost:8080\": expected IP:PORT",
+        "invalid bind address \"localhost\": expected host:port",
     );
 }
 

@@ -1112,8 +1112,9 @@ fn http_date(secs: u64) -> [u8; 29] {
 
 /// The proxy's answer to a head it refused: status, text body, `connection: close` and a
 /// fresh `x-request-id` (SPEC section 4: every answer carries one), counted in
-/// `switchyard_requests_total` with `route=""` and `pool=""`.
-fn refusal(refusal: Refusal, ctx: &ConnContext) -> Vec<u8> {
+/// `switchyard_requests_total` with `route=""` and `pool=""`, and written to the access log
+/// with what can be read of the request line in `head` (the bytes received so far).
+fn refusal(refusal: Refusal, ctx: &ConnContext, head: &[u8]) -> Vec<u8> {
     let (status, reason, text) = match refusal {
         Refusal::Malformed => (
             400,
@@ -1129,6 +1130,23 @@ fn refusal(refusal: Refusal, ctx: &ConnContext) -> Vec<u8> {
     crate::metrics::record_request(&ctx.listener, None, status, Duration::ZERO);
     let id = ctx.shared.request_ids.next();
     let id = id.to_str().unwrap_or("");
+    if let Some(logger) = &ctx.shared.snapshot().access_log {
+        let (method, path) = request_line(head);
+        let entry = crate::access_log::Entry {
+            time: SystemTime::now(),
+            client: ctx.client.ip(),
+            method,
+            text: crate::access_log::RequestText::new("", path, id),
+            status,
+            bytes: 0,
+            duration_ms: 0.0,
+            route: None,
+            pool: None,
+            upstream: None,
+        };
+        let started = tokio::time::Instant::now();
+        crate::access_log::Pending::new(logger.clone(), started, entry).write(text.len() as u64);
+    }
     let date = now_date();
     let date = std::str::from_utf8(&date).unwrap_or("");
     format!(
@@ -1136,6 +1154,23 @@ fn refusal(refusal: Refusal, ctx: &ConnContext) -> Vec<u8> {
         text.len()
     )
     .into_bytes()
+}
+
+/// The method and path (without the query) of a refused head's request line, as far as they
+/// can be read: `-` for what cannot.
+fn request_line(head: &[u8]) -> (Method, &str) {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let method = words
+        .next()
+        .and_then(|m| Method::from_bytes(m).ok())
+        .unwrap_or_else(|| Method::from_bytes(b"-").expect("`-` is a token"));
+    let path = words
+        .next()
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .filter(|t| t.starts_with('/') && t.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or("-", |t| t.split('?').next().unwrap_or(t));
+    (method, path)
 }
 
 // ===== the connection =====
@@ -1238,7 +1273,7 @@ async fn requests<S: Stream>(
                 Ok(None) => {}
                 Err(refused) => {
                     activity.head_ended();
-                    let answer = refusal(refused, ctx);
+                    let answer = refusal(refused, ctx, buf);
                     write_all(io, &answer).await?;
                     return Ok(End::Linger);
                 }

@@ -92,6 +92,62 @@ async fn large_bodies_are_logged_with_all_their_bytes() {
     assert_eq!(bytes, [Some(1_048_576), Some(65_536), Some(3)]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_refused_with_400_and_431_are_logged_too() {
+    let backend = Backend::start("b").await;
+    let (proxy, log) = proxy_logging("refused", "all", "/", &backend).await;
+    let huge = format!(
+        "GET /big?q=1 HTTP/1.1\r\nHost: a\r\nx-fill: {}\r\n\r\n",
+        "x".repeat(70 * 1024)
+    );
+    let heads = [
+        b"GET /bad?x HTTP/1.1\r\nHost: a\r\nbad name: x\r\n\r\n".to_vec(),
+        huge.into_bytes(),
+        b"\x01\x02 garbage\r\n\r\n".to_vec(),
+    ];
+    let mut ids = Vec::new();
+    for head in heads {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        // The proxy may answer and close before it has read a large head whole.
+        let _ = stream.write_all(&head).await;
+        let (answer, _) = support::read_until_closed(&mut stream).await;
+        let id = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("no request id in {answer}"))
+            .to_owned();
+        ids.push(id);
+    }
+    let lines = log_lines(&log, 3).await;
+    let seen: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap(),
+                l["method"].as_str().unwrap().to_owned(),
+                l["path"].as_str().unwrap().to_owned(),
+                l["route"].as_str().unwrap().to_owned(),
+                l["request_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [(400, "GET", "/bad"), (431, "GET", "/big"), (400, "-", "-")];
+    for ((got, want), id) in seen.iter().zip(expected).zip(&ids) {
+        assert_eq!(
+            (
+                got.0,
+                got.1.as_str(),
+                got.2.as_str(),
+                got.3.as_str(),
+                &got.4
+            ),
+            (want.0, want.1, want.2, "", id)
+        );
+    }
+    assert!(lines.iter().all(|l| l["bytes"].as_u64() > Some(0)));
+    assert_eq!(backend.requests(), 0);
+}
+
 /// A proxy whose access log goes to a fresh file; one route `route` with `prefix` to `backend`.
 async fn proxy_logging(
     test: &str,

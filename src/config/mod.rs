@@ -1,8 +1,10 @@
 //! The pipeline from `proxy.yaml` to a validated [`Config`]: read, parse, validate, resolve.
 //!
 //! [`load`] reads the file and [`parse`] does the rest: serde (`serde_yaml_ng`) turns the text
-//! into the types of `file.rs` and stops at the first syntax error, unknown key or
-//! mistyped value; then `validate` checks the rules that span the file and reports all of them.
+//! into the types of `file.rs`, going on past an unknown key or a mistyped value on a plain
+//! `key: value` line (it stops at a syntax error and at what it cannot step over, see
+//! `deserialize`); then `validate` checks the rules that span the file, and every error found
+//! is reported, in file order (SPEC section 1: `check` prints every error).
 //! Every error is a [`ConfigError`] printed as `FILE:LINE:COL: message`, like `nginx -t`. Finally
 //! relative paths (certificates, CA bundles, the access log file) are resolved against the
 //! config file's directory. Watching the file and swapping snapshots is left to the reload code.
@@ -76,11 +78,127 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "the file is empty; expected a mapping with `listeners`, `routes` and `pools`";
         return Err(ConfigError::new(path, Pos::START, message).into());
     }
-    let mut config: Config =
-        serde_yaml_ng::from_str(text).map_err(|err| serde_error(path, &err))?;
-    validate::validate(path, text, &mut config)?;
+    let (config, mut errors, repaired) = deserialize(path, text);
+    let Some(mut config) = config else {
+        return Err(ConfigErrors::from_vec(errors));
+    };
+    if let Err(semantic) = validate::validate(path, text, &mut config) {
+        // A rule broken next to a line taken out may be broken only because it is gone.
+        let unrelated = |e: &ConfigError| !repaired.iter().any(|r| r.contains(&e.line));
+        errors.extend(semantic.into_iter().filter(unrelated));
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.line, e.col));
+        return Err(ConfigErrors::from_vec(errors));
+    }
     config.resolve_paths(path.parent().unwrap_or(Path::new("")));
     Ok(config)
+}
+
+/// How many errors of the serde pass one file reports at most.
+const MAX_SERDE_ERRORS: usize = 20;
+
+/// serde's pass over the file, going on past its first error where that is safe: an unknown
+/// key or a bad value on a plain `key: scalar` line is reported, the line is commented out
+/// (so every position stays), and the text is parsed again. Any other error (YAML syntax, a
+/// missing field, a list item, a block or flow value) ends the pass. Returns the config of
+/// the last text if it parsed, the errors, and the lines of the mappings that lost a line
+/// for a value (their semantic errors may be caused by the default that replaced it).
+fn deserialize(
+    path: &Path,
+    text: &str,
+) -> (
+    Option<Config>,
+    Vec<ConfigError>,
+    Vec<std::ops::RangeInclusive<usize>>,
+) {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut errors = Vec::new();
+    let mut repaired = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    let mut current = std::borrow::Cow::Borrowed(text);
+    loop {
+        let err = match serde_yaml_ng::from_str::<Config>(&current) {
+            Ok(config) => return (Some(config), errors, repaired),
+            Err(err) => err,
+        };
+        let message = err.to_string();
+        if removed
+            .iter()
+            .any(|key| message.contains(&format!("missing field `{key}`")))
+        {
+            // Only missing because its bad value was taken out: already reported.
+            return (None, errors, repaired);
+        }
+        errors.extend(serde_error(path, &err));
+        let line = err.location().map(|l| l.line());
+        let removable = line.filter(|&l| {
+            errors.len() < MAX_SERDE_ERRORS
+                && !message.contains("missing field")
+                && l >= 1
+                && plain_key_line(&lines, l - 1)
+        });
+        let Some(line) = removable else {
+            return (None, errors, repaired);
+        };
+        // An unknown key meant nothing; a bad value's key now takes its default, which other
+        // keys of its mapping may not agree with.
+        if !message.contains("unknown field") {
+            repaired.push(enclosing_mapping(&lines, line - 1));
+        }
+        let key = lines[line - 1].trim_start().split(':').next().unwrap_or("");
+        removed.push(key.to_owned());
+        lines[line - 1].insert(0, '#');
+        current = std::borrow::Cow::Owned(lines.join("\n"));
+    }
+}
+
+/// Whether line `i` is `key: scalar` inside a mapping (no list item, no flow or block value),
+/// so that commenting it out removes that key alone.
+fn plain_key_line(lines: &[String], i: usize) -> bool {
+    let Some(line) = lines.get(i) else {
+        return false;
+    };
+    let body = line.trim_start_matches(' ');
+    let Some((key, value)) = body.split_once(':') else {
+        return false;
+    };
+    let value = value.trim();
+    let indent = line.len() - body.len();
+    let block_follows = lines[i + 1..]
+        .iter()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .is_some_and(|next| next.len() - next.trim_start_matches(' ').len() > indent);
+    !body.starts_with('-')
+        && !key.is_empty()
+        && !key.contains([' ', '{', '[', '"', '\''])
+        && !value.is_empty()
+        && !value.starts_with(['{', '[', '|', '>', '&', '*', '!'])
+        && !block_follows
+}
+
+/// The lines (1-based) of the mapping line `i` belongs to: its neighbours at the same
+/// indentation, up to the list item that opens it.
+fn enclosing_mapping(lines: &[String], i: usize) -> std::ops::RangeInclusive<usize> {
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let own = indent(&lines[i]);
+    let in_mapping = |l: &String| l.trim().is_empty() || indent(l) >= own;
+    let mut first = i;
+    while first > 0 && in_mapping(&lines[first - 1]) && !lines[first].trim_start().starts_with("- ")
+    {
+        first -= 1;
+    }
+    if first > 0 && !lines[first].trim_start().starts_with("- ") {
+        let above = &lines[first - 1];
+        if above.trim_start().starts_with("- ") && indent(above) + 2 == own {
+            first -= 1;
+        }
+    }
+    let mut last = i;
+    while last + 1 < lines.len() && in_mapping(&lines[last + 1]) {
+        last += 1;
+    }
+    first + 1..=last + 1
 }
 
 /// A problem found after [`parse`] (while building the running snapshot), positioned at the

@@ -73,6 +73,59 @@ fn check_reports_a_dangling_pool_and_every_other_error() {
 }
 
 #[test]
+fn check_reports_every_bad_key_and_value_in_one_run() {
+    let text = "listeners:\n  - name: a\n    bind: \"127.0.0.1:8080\"\n    limits: { max_connections: 5 }\nroutes:\n  - name: r\n    pool: apii\n    timeuot: 5s\n  - name: s\n    match: { path_prefix: \"/s/\" }\n    pool: p\n    timeout: 5\npools:\n  - name: p\n    strategy: fastest\n    upstreams:\n      - { addr: \"127.0.0.1:9001\" }\n";
+    let out = check("several.yaml", text);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("/several.yaml:"))
+        .collect();
+    let at: Vec<&str> = lines
+        .iter()
+        .map(|l| l.rsplit('/').next().unwrap().split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        at,
+        [
+            "several.yaml:7:11",
+            "several.yaml:8:5",
+            "several.yaml:12:14",
+            "several.yaml:15:15"
+        ],
+        "{err}"
+    );
+    assert!(lines[0].contains("unknown pool \"apii\""), "{err}");
+    assert!(lines[1].contains("unknown field `timeuot`"), "{err}");
+    assert!(
+        lines[2].contains("expected a duration with a unit"),
+        "{err}"
+    );
+    assert!(lines[3].contains("unknown variant `fastest`"), "{err}");
+}
+
+#[test]
+fn check_stops_at_an_error_it_cannot_step_over() {
+    // A bad value inside a flow mapping: commenting its line would take the whole mapping.
+    let text = VALID
+        .replace("\"127.0.0.1:9001\" }", "\"127.0.0.1:9001\", weight: x }")
+        .replace("    pool: p\n", "    pool: p\n    timeout: 5\n");
+    let out = check("flow.yaml", &text);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("/flow.yaml:")).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains("/flow.yaml:8:14: routes[0].timeout"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("/flow.yaml:12:43: pools[0].upstreams[0].weight"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_reports_a_bad_duration_with_line_and_column() {
     let text = VALID.replace("    pool: p\n", "    pool: p\n    timeout: 5\n");
     let out = check("duration.yaml", &text);

@@ -317,7 +317,11 @@ impl Builders {
         let mut http2 = http2::Builder::new(StreamExecutor);
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            // Twice ours: a list between the two reaches `proxy::handle`, which answers 431
+            // with the proxy's body, metrics and log line; past it, h2 answers a bare 431.
+            .max_header_list_size(
+                u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            );
         Builders {
             http2,
             max_head: limits.max_header_bytes,
@@ -513,9 +517,13 @@ async fn serve_h2<S>(
     let client = ctx.client;
     let ctx = Arc::new(ctx);
     let requests = activity.clone();
-    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    let max_header_bytes = limits.max_header_bytes;
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
         let guard = requests.start_request();
+        if header_list_size(&req) > max_header_bytes {
+            req.extensions_mut().insert(proxy::HeadersTooLarge);
+        }
         async move {
             // Boxed: hyper moves each stream's future on its way to the executor; unboxed,
             // every move copies the whole request future (4 KiB).
@@ -565,6 +573,24 @@ async fn serve_h2<S>(
     if let Err(error) = result {
         tracing::debug!(%client, error = %crate::error_chain(&error), "client connection ended with an error");
     }
+}
+
+/// An HTTP/2 request's header list size as RFC 9113 section 6.5.2 counts it (name, value and
+/// 32 bytes per field, pseudo-header fields included), the measure of `max_header_bytes` there.
+fn header_list_size<B>(req: &http::Request<B>) -> usize {
+    let uri = req.uri();
+    let pseudo = ":method".len()
+        + req.method().as_str().len()
+        + ":path".len()
+        + uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + ":scheme".len()
+        + uri.scheme_str().map_or(0, str::len)
+        + ":authority".len()
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + 4 * 32;
+    req.headers().iter().fold(pseudo, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 32
+    })
 }
 
 /// A client's socket. It keeps its connection counted in `switchyard_connections_active`

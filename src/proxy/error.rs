@@ -35,6 +35,10 @@ pub enum ProxyError {
     /// The request body exceeds the route's `max_body`.
     #[error("request body too large")]
     BodyTooLarge,
+    /// An HTTP/2 request's header list exceeds the listener's `max_header_bytes` (HTTP/1.1
+    /// heads past it are refused before they become requests).
+    #[error("request header fields too large")]
+    HeadersTooLarge,
 }
 
 // === impl ProxyError ===
@@ -51,6 +55,7 @@ impl ProxyError {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest | ProxyError::BadFraming => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -68,6 +73,7 @@ impl ProxyError {
             ProxyError::BadRequest => "400 bad request\n",
             ProxyError::BadFraming => "400 ambiguous Content-Length / Transfer-Encoding framing\n",
             ProxyError::BodyTooLarge => "413 request body larger than this route allows\n",
+            ProxyError::HeadersTooLarge => "431 request header fields too large\n",
         }
     }
 

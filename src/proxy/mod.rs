@@ -39,6 +39,12 @@ use headers::X_REQUEST_ID;
 #[derive(Debug, Clone, Copy)]
 pub struct AmbiguousFraming;
 
+/// Marks an HTTP/2 request whose header list is larger than the listener's
+/// `max_header_bytes`; [`handle`] answers it `431`. (hyper's own limit is set higher, so that
+/// such a request gets the proxy's answer, counted and logged, rather than a bare one.)
+#[derive(Debug, Clone, Copy)]
+pub struct HeadersTooLarge;
+
 /// What a request needs to know about the connection it arrived on.
 #[derive(Debug)]
 pub struct ConnContext {
@@ -160,6 +166,9 @@ fn ensure_request_id(ids: &headers::RequestIds, headers: &mut http::HeaderMap) -
 fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
     if parts.extensions.get::<AmbiguousFraming>().is_some() {
         return Err(ProxyError::BadFraming);
+    }
+    if parts.extensions.get::<HeadersTooLarge>().is_some() {
+        return Err(ProxyError::HeadersTooLarge);
     }
     if headers::has_invalid_host(parts.version, &parts.headers) {
         return Err(ProxyError::BadRequest);

@@ -406,6 +406,35 @@ async fn headers_past_the_limit_answer_431() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_headers_past_the_limit_answer_431_with_the_proxy_body() {
+    use http_body_util::BodyExt as _;
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&pool_of(&[backend.addr.to_string()], "", "")).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut sender = support::h2_client(stream).await;
+    let request = |fill: usize| {
+        Request::get("http://h2.example/")
+            .header("x-big", "y".repeat(fill))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let response = sender.send_request(request(70 * 1024)).await.unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    assert!(response.headers().contains_key("x-request-id"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "431 request header fields too large\n");
+    assert_eq!(backend.requests(), 0);
+    // One stream refused; the connection serves the next request.
+    let response = sender.send_request(request(1024)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(backend.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_hyper_cannot_parse_answer_400_with_a_text_body() {
     let backend = Backend::start("b").await;
     let proxy = Proxy::start(&pool_of(&[backend.addr.to_string()], "", "")).await;

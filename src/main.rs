@@ -60,14 +60,6 @@ struct RunArgs {
     no_watch: bool,
 }
 
-/// jemalloc instead of glibc's allocator. With hundreds of requests in flight, each makes its
-/// allocations before any of them frees its own, which drains glibc's small per-thread cache
-/// (7 blocks per size) and sends most allocations down its slower shared path; jemalloc's
-/// cache is larger. Userspace instructions per request, by `benches/instructions.sh`: h2c
-/// -4.5%, close -4.5%, keep-alive -2.1% (docs/performance.md, round 10).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

@@ -177,38 +177,47 @@ fn take_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refusa
     }
     let head = buf.split_to(len).freeze();
     let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
-    let uri = Uri::from_maybe_shared(slice(target)).map_err(|_| Refusal::Malformed)?;
-    let mut headers = HeaderMap::with_capacity(count + 4);
-    let mut check = Check::default();
-    for span in &spans[..count] {
-        let (at, len) = span.name;
-        let name = HeaderName::from_bytes(&head[at as usize..(at + len) as usize])
-            .map_err(|_| Refusal::Malformed)?;
-        let value =
-            HeaderValue::from_maybe_shared(slice(span.value)).map_err(|_| Refusal::Malformed)?;
-        check.field(&name, &value)?;
-        headers.append(name, value);
-    }
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    parts.headers = headers;
-    let framing = check.framing(version)?;
-    if check.ambiguous {
-        parts.extensions.insert(AmbiguousFraming);
-    }
-    let keep_alive = match version {
-        Version::HTTP_10 => check.keep_alive && !check.close,
-        _ => !check.close,
-    } && !check.ambiguous;
-    Ok(Some(Head {
-        parts,
-        framing,
-        keep_alive,
-        expect_continue: check.expect_continue && version == Version::HTTP_11,
-        upgrade: check.upgrade && version == Version::HTTP_11,
-    }))
+    let built = (|| {
+        let uri = Uri::from_maybe_shared(slice(target)).map_err(|_| Refusal::Malformed)?;
+        let mut headers = HeaderMap::with_capacity(count + 4);
+        let mut check = Check::default();
+        for span in &spans[..count] {
+            let (at, len) = span.name;
+            let name = HeaderName::from_bytes(&head[at as usize..(at + len) as usize])
+                .map_err(|_| Refusal::Malformed)?;
+            let value = HeaderValue::from_maybe_shared(slice(span.value))
+                .map_err(|_| Refusal::Malformed)?;
+            check.field(&name, &value)?;
+            headers.append(name, value);
+        }
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = method;
+        parts.uri = uri;
+        parts.version = version;
+        parts.headers = headers;
+        let framing = check.framing(version)?;
+        if check.ambiguous {
+            parts.extensions.insert(AmbiguousFraming);
+        }
+        let keep_alive = match version {
+            Version::HTTP_10 => check.keep_alive && !check.close,
+            _ => !check.close,
+        } && !check.ambiguous;
+        Ok(Head {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue: check.expect_continue && version == Version::HTTP_11,
+            upgrade: check.upgrade && version == Version::HTTP_11,
+        })
+    })();
+    built.map(Some).inspect_err(|_| {
+        // Put the refused head back in front of what followed it: the access log reads its
+        // request line from `buf` (the connection closes after a refusal).
+        let rest = std::mem::take(buf);
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(&rest);
+    })
 }
 
 /// What the fields of a head say about framing and the connection.

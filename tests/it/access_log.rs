@@ -104,6 +104,8 @@ async fn heads_refused_with_400_and_431_are_logged_too() {
         b"GET /bad?x HTTP/1.1\r\nHost: a\r\nbad name: x\r\n\r\n".to_vec(),
         huge.into_bytes(),
         b"\x01\x02 garbage\r\n\r\n".to_vec(),
+        // Refused after its fields were read, with another request behind it.
+        b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
     ];
     let mut ids = Vec::new();
     for head in heads {
@@ -118,7 +120,7 @@ async fn heads_refused_with_400_and_431_are_logged_too() {
             .to_owned();
         ids.push(id);
     }
-    let lines = log_lines(&log, 3).await;
+    let lines = log_lines(&log, 4).await;
     let seen: Vec<_> = lines
         .iter()
         .map(|l| {
@@ -131,7 +133,12 @@ async fn heads_refused_with_400_and_431_are_logged_too() {
             )
         })
         .collect();
-    let expected = [(400, "GET", "/bad"), (431, "GET", "/big"), (400, "-", "-")];
+    let expected = [
+        (400, "GET", "/bad"),
+        (431, "GET", "/big"),
+        (400, "-", "-"),
+        (400, "POST", "/first"),
+    ];
     for ((got, want), id) in seen.iter().zip(expected).zip(&ids) {
         assert_eq!(
             (

@@ -113,6 +113,10 @@ fn deserialize(
     Vec<std::ops::RangeInclusive<usize>>,
 ) {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    // YAML breaks lines at these too, and `lines()` does not: positions would not match.
+    let odd_breaks = text
+        .replace("\r\n", "\n")
+        .contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']);
     let mut errors = Vec::new();
     let mut repaired = Vec::new();
     let mut removed: Vec<String> = Vec::new();
@@ -134,9 +138,9 @@ fn deserialize(
         let line = err.location().map(|l| l.line());
         let removable = line.filter(|&l| {
             errors.len() < MAX_SERDE_ERRORS
-                && !message.contains("missing field")
+                && !odd_breaks
                 && l >= 1
-                && plain_key_line(&lines, l - 1)
+                && error_key(&message).is_some_and(|key| plain_key_line(&lines, l - 1, key))
         });
         let Some(line) = removable else {
             return (None, errors, repaired);
@@ -149,18 +153,37 @@ fn deserialize(
         let key = lines[line - 1].trim_start().split(':').next().unwrap_or("");
         removed.push(key.to_owned());
         lines[line - 1].insert(0, '#');
-        current = std::borrow::Cow::Owned(lines.join("\n"));
+        let next = lines.join("\n");
+        if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&next).is_err() {
+            // The line was part of something larger (a flow collection, a multi-line
+            // scalar): without it the text is not YAML, and what serde said next would be
+            // about that.
+            return (None, errors, repaired);
+        }
+        current = std::borrow::Cow::Owned(next);
     }
 }
 
-/// Whether line `i` is `key: scalar` inside a mapping (no list item, no flow or block value),
-/// so that commenting it out removes that key alone.
-fn plain_key_line(lines: &[String], i: usize) -> bool {
+/// The key a serde error is about: the field it names as unknown, or the last key of its
+/// path (`routes[1].timeout: invalid duration ...`); `None` for a list item or no path.
+fn error_key(message: &str) -> Option<&str> {
+    if let Some((_, rest)) = message.split_once("unknown field `") {
+        return rest.split('`').next();
+    }
+    let (path, _) = message.split_once(": ")?;
+    let last = path.rsplit('.').next()?;
+    let plain = !last.is_empty() && !last.contains([' ', '[', ']', '`']);
+    plain.then_some(last)
+}
+
+/// Whether line `i` is `key: scalar` for this `key`, inside a mapping (no list item, no flow
+/// or block value), so that commenting it out removes that key alone.
+fn plain_key_line(lines: &[String], i: usize, key: &str) -> bool {
     let Some(line) = lines.get(i) else {
         return false;
     };
     let body = line.trim_start_matches(' ');
-    let Some((key, value)) = body.split_once(':') else {
+    let Some((line_key, value)) = body.split_once(':') else {
         return false;
     };
     let value = value.trim();
@@ -169,9 +192,8 @@ fn plain_key_line(lines: &[String], i: usize) -> bool {
         .iter()
         .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .is_some_and(|next| next.len() - next.trim_start_matches(' ').len() > indent);
-    !body.starts_with('-')
-        && !key.is_empty()
-        && !key.contains([' ', '{', '[', '"', '\''])
+    !body.starts_with(['-', '#'])
+        && line_key == key
         && !value.is_empty()
         && !value.starts_with(['{', '[', '|', '>', '&', '*', '!'])
         && !block_follows
@@ -182,7 +204,12 @@ fn plain_key_line(lines: &[String], i: usize) -> bool {
 fn enclosing_mapping(lines: &[String], i: usize) -> std::ops::RangeInclusive<usize> {
     let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
     let own = indent(&lines[i]);
-    let in_mapping = |l: &String| l.trim().is_empty() || indent(l) >= own;
+    if own == 0 {
+        // A top-level scalar: no rule ties it to another key.
+        return i + 1..=i + 1;
+    }
+    let in_mapping =
+        |l: &String| l.trim().is_empty() || l.trim_start().starts_with('#') || indent(l) >= own;
     let mut first = i;
     while first > 0 && in_mapping(&lines[first - 1]) && !lines[first].trim_start().starts_with("- ")
     {

@@ -106,7 +106,10 @@ pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, String> {
     };
     let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
     let port: u16 = port.parse().map_err(|_| invalid())?;
-    if host.is_empty() || host.contains([':', '[', ']', '/']) {
+    // Only names go to the resolver: digits and dots that are not an IP (`127.1`) are an
+    // error here, not the shorthand getaddrinfo would make of them.
+    let name = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+    if !host.chars().all(name) || host.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(invalid());
     }
     let addrs: Vec<SocketAddr> = (host, port)
@@ -374,6 +377,7 @@ mod tests {
             ":80",
             "::1:80",
             "[::1]:99999",
+            "127.1:80",
         ] {
             assert!(
                 parse_bind(bad).unwrap_err().contains("expected host:port"),

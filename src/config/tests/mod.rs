@@ -314,3 +314,80 @@ fn workers_zero_is_rejected() {
         Workers::Count(4)
     );
 }
+
+// === several serde errors in one pass ===
+
+/// (line, col) of each error, in order.
+fn positions(yaml: &str) -> Vec<(usize, usize)> {
+    errors(yaml).iter().map(|e| (e.line, e.col)).collect()
+}
+
+#[test]
+fn each_bad_key_and_value_is_reported_with_the_rules_broken_elsewhere() {
+    let yaml = "\
+workers: lots
+listeners:
+  - name: public
+    bind: \"127.0.0.1:8080\"
+    limits: { max_connections: 5 }
+routes:
+  - name: api
+    pool: nope
+    retrys: 2
+pools:
+  - name: api
+    strategy: fastest
+    upstreams:
+      - { addr: \"10.0.0.1:80\" }
+";
+    let all = errors(yaml);
+    let said: Vec<_> = all.iter().map(|e| (e.line, e.message.as_str())).collect();
+    assert_eq!(all.len(), 4, "{said:#?}");
+    assert!(all[0].message.starts_with("workers:"), "{said:#?}");
+    assert!(
+        all[1].message.contains("unknown pool \"nope\""),
+        "{said:#?}"
+    );
+    assert!(
+        all[2].message.contains("unknown field `retrys`"),
+        "{said:#?}"
+    );
+    assert!(
+        all[3].message.contains("unknown variant `fastest`"),
+        "{said:#?}"
+    );
+    assert_eq!(positions(yaml), [(1, 10), (8, 11), (9, 5), (12, 15)]);
+}
+
+#[test]
+fn an_error_about_a_whole_mapping_is_reported_once() {
+    // A forgotten `-`: the error is at the mapping's first key, which is not the bad one.
+    let yaml = BASE.replace("  - name: public\n    bind:", "  name: public\n  bind:");
+    assert_eq!(positions(&yaml).len(), 1, "{:#?}", errors(&yaml));
+}
+
+#[test]
+fn a_bad_value_in_a_flow_mapping_over_two_lines_ends_the_pass() {
+    let yaml = BASE.replace(
+        "    bind: \"127.0.0.1:8080\"\n",
+        "    bind: \"127.0.0.1:8080\"\n    limits: { max_connections: 5,\n              header_timeout: 5 }\n",
+    );
+    let all = errors(&yaml);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(all[0].message.contains("header_timeout"), "{all:#?}");
+}
+
+#[test]
+fn rules_next_to_a_value_taken_out_are_not_checked() {
+    // With `strategy` defaulted to round_robin, `hash_key` would look misplaced.
+    let yaml = BASE.replace(
+        "  - name: api\n    upstreams:",
+        "  - name: api\n    strategy: consistnt_hash\n# a note\n    hash_key: header:x-user\n    upstreams:",
+    );
+    let all = errors(&yaml);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0].message.contains("unknown variant `consistnt_hash`"),
+        "{all:#?}"
+    );
+}

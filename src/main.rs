@@ -112,8 +112,10 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 
 /// `--workers`: `auto` or a count of at least 1, as `workers` in the file.
 fn parse_workers(text: &str) -> Result<Workers, String> {
+    if text == "auto" {
+        return Ok(Workers::Auto);
+    }
     match text.parse::<usize>() {
-        _ if text == "auto" => Ok(Workers::Auto),
         Ok(n) if n >= 1 => Ok(Workers::Count(n)),
         _ => Err(format!(
             "expected `auto` or a number of at least 1, got `{text}`"

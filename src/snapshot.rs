@@ -125,16 +125,6 @@ impl ListenerSettings {
             tls,
         })
     }
-
-    /// Whether both are plaintext, or both terminate TLS with the same certificate and key
-    /// bytes: whether a rebuild picked up changed certificates.
-    pub fn same_tls(&self, other: &ListenerSettings) -> bool {
-        match (&self.tls, &other.tls) {
-            (None, None) => true,
-            (Some(a), Some(b)) => a.same_material(b),
-            _ => false,
-        }
-    }
 }
 
 /// Everything a request reads, immutable once built.

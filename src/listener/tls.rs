@@ -65,18 +65,12 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
 }
 
-/// A TLS listener's material as of one snapshot: the rustls config connections use, and the
-/// bytes it was built from (to tell whether a reload changed anything).
+/// A TLS listener's material as of one snapshot: the rustls config connections use.
 #[derive(Debug)]
 pub struct TlsSettings {
     /// The rustls server config; its resolver picks certificates by SNI.
     pub config: Arc<ServerConfig>,
-    /// Each pair's certificate and key file contents, in config order.
-    material: Vec<PairBytes>,
 }
-
-/// One pair's certificate file and key file, as read.
-type PairBytes = (Box<[u8]>, Box<[u8]>);
 
 // === impl TlsSettings ===
 
@@ -85,12 +79,10 @@ impl TlsSettings {
     /// the offending file's path with what is wrong with it.
     pub fn load(tls: &ListenerTls) -> Result<TlsSettings, (PathBuf, TlsError)> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut material = Vec::with_capacity(tls.certificates.len());
         let mut certs = Vec::with_capacity(tls.certificates.len());
         for pair in &tls.certificates {
             let (cert_pem, key_pem) = (read(&pair.cert)?, read(&pair.key)?);
             certs.push(certified(pair, &cert_pem, &key_pem, &provider)?);
-            material.push((cert_pem, key_pem));
         }
         let first = tls.certificates.first().map(|p| p.cert.clone());
         let resolver = SniResolver::new(certs)
@@ -103,13 +95,7 @@ impl TlsSettings {
         config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
         Ok(TlsSettings {
             config: Arc::new(config),
-            material,
         })
-    }
-
-    /// Whether `other` was built from the same certificate and key bytes.
-    pub fn same_material(&self, other: &TlsSettings) -> bool {
-        self.material == other.material
     }
 }
 

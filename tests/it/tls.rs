@@ -316,7 +316,6 @@ async fn a_snapshot_with_a_new_certificate_serves_it_to_new_connections_only() {
     let new = pki.issue("old", &["a.test"]);
     let running = shared.snapshot();
     let next = Snapshot::build(parse(&yaml), Some(&running)).unwrap();
-    assert!(!next.listeners[0].same_tls(&running.listeners[0]));
     shared.store(next);
 
     let after = connect(proxy.addr, verifying_client(&pki, &[]), "a.test").await;
@@ -327,11 +326,6 @@ async fn a_snapshot_with_a_new_certificate_serves_it_to_new_connections_only() {
     assert_eq!(get_http1(after, "/").await.text(), "up");
     // The connection made before the swap keeps its session and is still served.
     assert_eq!(get_http1(before, "/").await.text(), "up");
-
-    // Rebuilding from unchanged files compares equal.
-    let running = shared.snapshot();
-    let again = Snapshot::build(parse(&yaml), Some(&running)).unwrap();
-    assert!(again.listeners[0].same_tls(&running.listeners[0]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

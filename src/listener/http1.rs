@@ -203,15 +203,15 @@ fn take_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refusa
             Version::HTTP_10 => check.keep_alive && !check.close,
             _ => !check.close,
         } && !check.ambiguous;
-        Ok(Head {
+        Ok(Some(Head {
             parts,
             framing,
             keep_alive,
             expect_continue: check.expect_continue && version == Version::HTTP_11,
             upgrade: check.upgrade && version == Version::HTTP_11,
-        })
+        }))
     })();
-    built.map(Some).inspect_err(|_| {
+    built.inspect_err(|_| {
         // Put the refused head back in front of what followed it: the access log reads its
         // request line from `buf` (the connection closes after a refusal).
         let rest = std::mem::take(buf);

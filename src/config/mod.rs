@@ -135,14 +135,14 @@ fn deserialize(
             return (None, errors, repaired);
         }
         errors.extend(serde_error(path, &err));
-        let line = err.location().map(|l| l.line());
-        let removable = line.filter(|&l| {
+        let removable = err.location().map(|l| l.line()).zip(error_key(&message));
+        let removable = removable.filter(|&(l, key)| {
             errors.len() < MAX_SERDE_ERRORS
                 && !odd_breaks
                 && l >= 1
-                && error_key(&message).is_some_and(|key| plain_key_line(&lines, l - 1, key))
+                && plain_key_line(&lines, l - 1, key)
         });
-        let Some(line) = removable else {
+        let Some((line, key)) = removable else {
             return (None, errors, repaired);
         };
         // An unknown key meant nothing; a bad value's key now takes its default, which other
@@ -150,7 +150,6 @@ fn deserialize(
         if !message.contains("unknown field") {
             repaired.push(enclosing_mapping(&lines, line - 1));
         }
-        let key = lines[line - 1].trim_start().split(':').next().unwrap_or("");
         removed.push(key.to_owned());
         lines[line - 1].insert(0, '#');
         let next = lines.join("\n");

@@ -140,15 +140,16 @@ tree() {
             print "" }'
 }
 
-# utime + stime in clock ticks, summed over the process tree.
+# utime + stime, then stime alone, in clock ticks, summed over the process tree.
 cpu_ticks() {
-    local total=0 pid fields
+    local total=0 sys=0 pid fields
     for pid in $(tree "$1"); do
         # Fields after "(comm) ": state is 1st, utime is 12th, stime is 13th.
         fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
         total=$((total + $(awk '{print $12 + $13}' <<<"$fields")))
+        sys=$((sys + $(awk '{print $13}' <<<"$fields")))
     done
-    echo "$total"
+    echo "$total $sys"
 }
 
 # Busy (non-idle, non-iowait) clock ticks of one CPU since boot, from /proc/stat.
@@ -332,25 +333,27 @@ report() {
     echo "backends on CPU $LOAD_CPU. CPU s = utime + stime of the proxy's processes during the run;"
     echo "CPU use = that over the run's length (100% = the proxy's CPU was the limit; below it the"
     echo "load generator and backends on the other CPU were). other CPU s = busy time other processes"
-    echo "took on the proxy's CPU during the run. Errors = non-2xx answers + socket errors."
+    echo "took on the proxy's CPU during the run. kernel = stime's share of the proxy CPU s."
+    echo "Errors = non-2xx answers + socket errors."
     echo "Ratios: efficiency is the ratio of the median requests per CPU-second; paired is the median"
     echo "over the repetitions of that ratio within each (the two proxies ran back to back)."
     for scenario in ${SCENARIOS//,/ }; do
         echo
         echo "### $scenario"
         echo
-        echo "| proxy | req/s | p50 ms | p99 ms | proxy CPU s | CPU use | req per CPU-s | peak RSS MiB | errors | other CPU s |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| proxy | req/s | p50 ms | p99 ms | proxy CPU s | CPU use | kernel | req per CPU-s | peak RSS MiB | errors | other CPU s |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for proxy in ${PROXIES//,/ }; do
-            local rps p50 p99 cpu eff rss err other
+            local rps p50 p99 cpu eff rss err other kernel
             rps=$(med "$scenario" "$proxy" 4); p50=$(med "$scenario" "$proxy" 5)
             p99=$(med "$scenario" "$proxy" 6); cpu=$(med "$scenario" "$proxy" 7)
             eff=$(med "$scenario" "$proxy" 8); rss=$(med "$scenario" "$proxy" 9)
             err=$(med "$scenario" "$proxy" 10); other=$(med "$scenario" "$proxy" 11)
+            kernel=$(med "$scenario" "$proxy" 12)
             awk -v p="$proxy" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$cpu" -v e="$eff" \
-                -v m="$rss" -v x="$err" -v d="$DURATION" -v o="$other" 'BEGIN {
-                printf "| %s | %.0f | %.2f | %.2f | %.2f | %.0f%% | %.0f | %.1f | %d | %.2f |\n",
-                    p, r, a, b, c, 100 * c / d, e, m / 1024, x, o }'
+                -v m="$rss" -v x="$err" -v d="$DURATION" -v o="$other" -v k="$kernel" 'BEGIN {
+                printf "| %s | %.0f | %.2f | %.2f | %.2f | %.0f%% | %.0f%% | %.0f | %.1f | %d | %.2f |\n",
+                    p, r, a, b, c, 100 * c / d, k, e, m / 1024, x, o }'
         done
         for proxy in ${PROXIES//,/ }; do
             [[ $proxy == switchyard* || $proxy == sy-* ]] || continue
@@ -396,7 +399,7 @@ write_proxies
 start backends "${ON_LOAD_CPU[@]}" nginx -p "$TMP/backend" -c "$TMP/backend.conf" -e stderr
 for port in "${BACKEND_PORTS[@]}"; do wait_port "$port"; done
 
-printf 'scenario\tproxy\trep\trps\tp50_ms\tp99_ms\tcpu_s\treq_per_cpu_s\trss_kib\terrors\tother_cpu_s\n' >"$TMP/results.tsv"
+printf 'scenario\tproxy\trep\trps\tp50_ms\tp99_ms\tcpu_s\treq_per_cpu_s\trss_kib\terrors\tother_cpu_s\tsys_pct\n' >"$TMP/results.tsv"
 runs=$(( $(tr ',' '\n' <<<"$SCENARIOS" | wc -l) * $(tr ',' '\n' <<<"$PROXIES" | wc -l) * REPS ))
 log "$runs runs of ${DURATION}s (+${WARMUP}s warm-up each); load average now $(cut -d" " -f1-3 /proc/loadavg)"
 for scenario in ${SCENARIOS//,/ }; do
@@ -404,20 +407,21 @@ for scenario in ${SCENARIOS//,/ }; do
         for proxy in ${PROXIES//,/ }; do
             start_proxy "$proxy"
             run_load "$scenario" "$proxy" "$WARMUP" >/dev/null
-            before=$(cpu_ticks "$PROXY_PID")
+            read -r before sys_before < <(cpu_ticks "$PROXY_PID")
             busy_before=$(cpu_busy_ticks "$PROXY_CPU")
             read -r rps p50 p99 errors < <(run_load "$scenario" "$proxy" "$DURATION")
-            after=$(cpu_ticks "$PROXY_PID")
+            read -r after sys_after < <(cpu_ticks "$PROXY_PID")
             busy_after=$(cpu_busy_ticks "$PROXY_CPU")
             rss=$(peak_rss_kib "$PROXY_PID")
             stop "$PROXY_PID"
             line=$(awk -v s="$scenario" -v p="$proxy" -v r="$rep" -v q="$rps" -v a="$p50" \
                 -v b="$p99" -v t=$((after - before)) -v hz="$TICKS" -v d="$DURATION" -v m="$rss" \
-                -v e="$errors" -v busy=$((busy_after - busy_before)) 'BEGIN {
+                -v e="$errors" -v busy=$((busy_after - busy_before)) -v k=$((sys_after - sys_before)) 'BEGIN {
                 cpu = t / hz; eff = (cpu > 0 ? q * d / cpu : 0)
                 other = (busy - t) / hz; if (other < 0) other = 0
-                printf "%s\t%s\t%d\t%.1f\t%.3f\t%.3f\t%.2f\t%.0f\t%d\t%d\t%.2f\n",
-                    s, p, r, q, a, b, cpu, eff, m, e, other }')
+                kernel = (t > 0 ? 100 * k / t : 0)
+                printf "%s\t%s\t%d\t%.1f\t%.3f\t%.3f\t%.2f\t%.0f\t%d\t%d\t%.2f\t%.0f\n",
+                    s, p, r, q, a, b, cpu, eff, m, e, other, kernel }')
             echo "$line" >>"$TMP/results.tsv"
             log "$(tr '\t' ' ' <<<"$line")"
         done

@@ -483,7 +483,9 @@ async fn serve_h1<S: http1::Stream + 'static>(
         shutdown: &signals.shutdown,
         tls: ctx.proto == "https",
     };
-    let conn = http1::serve(stream, buf, &ctx, settings);
+    // Pinned where it is made: moved into the `select!`, the connection's whole state (most
+    // of its task) would be copied twice.
+    let conn = std::pin::pin!(http1::serve(stream, buf, &ctx, settings));
     // Our server ends each request in this task.
     let watchdog = activity::watchdog(&activity, limits.header_timeout, limits.idle_timeout, true);
     let result = tokio::select! {

@@ -28,7 +28,7 @@ use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::config::{HashKey, Protocol};
 use crate::snapshot::{Route, Shared, Snapshot};
 use crate::upstream::health::Reason;
-use crate::upstream::Pool;
+use crate::upstream::{Pool, Upstream};
 
 pub use error::ProxyError;
 use headers::X_REQUEST_ID;
@@ -109,20 +109,38 @@ pub async fn handle(ctx: &ConnContext, req: Request<ClientBody>) -> Response<Res
     let request_id = ensure_request_id(&ctx.shared.request_ids, &mut parts.headers);
     let host = request_host(&parts);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-    let route = snapshot
-        .router
-        .route(host_str, parts.uri.path())
-        .map(|i| &snapshot.routes[i]);
+    // A request refused as malformed is on no route, as are the heads our HTTP/1.1 server
+    // refuses before they get here.
+    let checked = check_request(&parts);
+    let route = match checked {
+        Ok(()) => snapshot.router.route(host_str, parts.uri.path()),
+        Err(_) => None,
+    };
+    let route = route.map(|i| &snapshot.routes[i]);
     let mut log = snapshot.access_log.as_ref().map(|logger| {
         let entry = log_entry(ctx, &snapshot, &parts, route, host_str, &request_id);
         Pending::new(logger.clone(), started, entry)
     });
-    let outcome = match (check_request(&parts), route) {
+    // The upstream of the latest attempt, for the log line of a request none answered.
+    let mut latest = None;
+    let outcome = match (checked, route) {
         (Err(error), _) => Err(error),
-        (Ok(()), Some(route)) => forward(ctx, &snapshot, route, parts, body, host, started).await,
+        (Ok(()), Some(route)) => {
+            forward(
+                ctx,
+                &snapshot,
+                route,
+                parts,
+                body,
+                host,
+                started,
+                &mut latest,
+            )
+            .await
+        }
         (Ok(()), None) => Err(ProxyError::NoRoute),
     };
-    let mut response = respond(outcome, log.as_mut());
+    let mut response = respond(outcome, latest.as_deref(), log.as_mut());
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id);
@@ -200,9 +218,21 @@ fn log_entry(
     }
 }
 
-/// The response for an outcome: the upstream's, streamed, or the proxy's own answer.
+/// The route's timeout ended the request while `upstream` had it: an attempt without an
+/// answer (`code="error"`), and a failure for outlier detection.
+fn timed_out(pool: &Pool, upstream: Option<&Arc<Upstream>>) -> ProxyError {
+    if let Some(upstream) = upstream {
+        crate::metrics::record_attempt(&pool.name, upstream, None);
+        pool.report_outcome(upstream, Some(Reason::Timeout));
+    }
+    ProxyError::Timeout
+}
+
+/// The response for an outcome: the upstream's, streamed, or the proxy's own answer. A
+/// failed request is logged with the upstream it was last sent to, `latest`.
 fn respond(
     outcome: Result<retry::Forwarded, ProxyError>,
+    latest: Option<&Upstream>,
     log: Option<&mut Pending>,
 ) -> Response<ResponseBody> {
     match outcome {
@@ -224,6 +254,9 @@ fn respond(
             Response::from_parts(head, body)
         }
         Err(error) => {
+            if let (Some(log), Some(upstream)) = (log, latest) {
+                log.entry_mut().upstream = Some(upstream.id.clone());
+            }
             tracing::debug!(%error, status = error.status().as_u16(), "answering with an error");
             let mut response = error.to_response();
             if error.closes_connection() {
@@ -256,6 +289,10 @@ fn authority_host(authority: &Authority) -> Option<HeaderValue> {
 }
 
 /// Sends the request to the route's pool; returns the upstream's response head.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pieces `handle` already took apart and looked at; bundled, they would move once more"
+)]
 async fn forward(
     ctx: &ConnContext,
     snapshot: &Snapshot,
@@ -264,6 +301,7 @@ async fn forward(
     body: ClientBody,
     host: Option<HeaderValue>,
     started: Instant,
+    latest: &mut Option<Arc<Upstream>>,
 ) -> Result<retry::Forwarded, ProxyError> {
     let pool = &snapshot.pools[route.pool];
     if let (Some(max), Some(len)) = (route.max_body, body.size_hint().exact()) {
@@ -283,22 +321,15 @@ async fn forward(
     // Boxed once here, it travels down to the connection as a pointer: each `async fn` on
     // the way would otherwise keep room for it (280 bytes) in the request's future.
     let req = Box::new(Request::from_parts(parts, body));
-    let mut current = None;
     // The deadline counts from the request's start, whose clock reading is at hand.
     let mut forwarded = match tokio::time::timeout_at(
         started + route.timeout,
-        retry::attempts(pool, route.retries, key, req, replayable, &mut current),
+        retry::attempts(pool, route.retries, key, req, replayable, latest),
     )
     .await
     {
         Ok(result) => result?,
-        Err(_) => {
-            // The upstream that did not answer in time counts as failing (outlier detection).
-            if let Some(upstream) = current {
-                pool.report_outcome(&upstream, Some(Reason::Timeout));
-            }
-            return Err(ProxyError::Timeout);
-        }
+        Err(_) => return Err(timed_out(pool, latest.as_ref())),
     };
     if let Some(upgrade) = upgrade {
         if forwarded.response.status() == http::StatusCode::SWITCHING_PROTOCOLS {

@@ -69,15 +69,16 @@ fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
 /// Most upstreams one request may try (config validation bounds `retries` below this).
 const MAX_ATTEMPTS: usize = 16;
 
-/// Tries upstreams of `pool` until one answers or the rules above say stop. While an attempt
-/// waits for its answer, `current` holds its upstream when the pool has outlier detection.
+/// Tries upstreams of `pool` until one answers or the rules above say stop. `latest` holds the
+/// upstream of the latest attempt: the one still waiting when the route's timeout ends this
+/// future, or the last one that failed.
 pub(crate) async fn attempts(
     pool: &Pool,
     retries: u32,
     key: Option<u64>,
     req: Box<Request<RequestBody>>,
     replayable: bool,
-    current: &mut Option<Arc<Upstream>>,
+    latest: &mut Option<Arc<Upstream>>,
 ) -> Result<Forwarded, ProxyError> {
     // `None` once hyper's client took it with no copy kept: no attempt can follow then.
     let mut req = Some(req);
@@ -99,9 +100,7 @@ pub(crate) async fn attempts(
             tracing::debug!(pool = %pool.name, upstream = %upstream.id, attempt, "retrying on another upstream");
         }
         let in_flight = upstream.start_request();
-        if pool.outlier.is_some() {
-            *current = Some(upstream.clone());
-        }
+        *latest = Some(upstream.clone());
         // After a reset or a 502/503 this request may go out again.
         let may_resend = replayable && attempt + 1 < attempts;
         let result = if pool.protocol == Protocol::Http1
@@ -118,7 +117,6 @@ pub(crate) async fn attempts(
                 .await
                 .map(|(response, conn)| (response.map(UpstreamBody::Hyper), conn))
         };
-        *current = None;
         let status = result
             .as_ref()
             .ok()

@@ -78,6 +78,22 @@ async fn a_client_gone_before_the_response_head_is_logged_as_499() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_no_upstream_answered_is_logged_with_the_upstream_it_tried() {
+    let backend = Backend::start("b").await;
+    let (proxy, log) = proxy_logging("tried", "all", "/", &backend).await;
+    backend.stop();
+    support::eventually("the backend to refuse", || {
+        std::net::TcpStream::connect(backend.addr).is_err()
+    })
+    .await;
+    let mut client = Client::connect(proxy.addr).await;
+    assert_eq!(client.get("a", "/").await.status, 502);
+    let lines = log_lines(&log, 1).await;
+    assert_eq!(lines[0]["status"], 502);
+    assert_eq!(lines[0]["upstream"], backend.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_are_logged_with_all_their_bytes() {
     let backend = Backend::start("b").await;
     let (proxy, log) = proxy_logging("large", "all", "/", &backend).await;

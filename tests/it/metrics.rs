@@ -185,6 +185,63 @@ async fn failed_attempts_and_retries_are_counted() {
 }
 
 #[tokio::test]
+async fn an_attempt_the_route_timeout_ends_is_counted_as_an_error() {
+    let slow = Backend::start("slow").await;
+    let routes = one_route("m-late", &[slow.addr], 0)
+        .replace("    retries: 0\n", "    retries: 0\n    timeout: 200ms\n");
+    let (proxy, admin) = start("m-late", &routes).await;
+    let mut client = Client::connect(proxy.addr).await;
+    assert_eq!(client.get("m-late.test", "/slow/3000").await.status, 504);
+    let id = slow.addr.to_string();
+    let attempts = [
+        ("pool", "m-late"),
+        ("upstream", id.as_str()),
+        ("code", "error"),
+    ];
+    assert_eq!(
+        value(admin, "switchyard_upstream_requests_total", &attempts).await,
+        Some(1.0)
+    );
+    let view = crate::admin::upstream_view(admin, "m-late", slow.addr).await;
+    assert_eq!(
+        (view["requests"].as_u64(), view["errors"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn an_http2_request_refused_as_malformed_is_on_no_route() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let backend = Backend::start("b").await;
+    let (proxy, admin) = start("m-h2bad", &one_route("m-h2bad", &[backend.addr], 0)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut sender = crate::support::h2_client(stream).await;
+    let request = http::Request::get("http://m-h2bad.test/")
+        .header("x-big", "y".repeat(70 * 1024))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 431);
+    let labels = |route| {
+        [
+            ("listener", "m-h2bad"),
+            ("route", route),
+            ("pool", route),
+            ("code", "431"),
+        ]
+    };
+    // As a refused HTTP/1.1 head is: counted, but not against the route it would have taken.
+    assert_eq!(
+        value(admin, "switchyard_requests_total", &labels("")).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        value(admin, "switchyard_requests_total", &labels("m-h2bad")).await,
+        None
+    );
+}
+
+#[tokio::test]
 async fn connections_are_counted_per_listener() {
     let a = Backend::start("a").await;
     let (proxy, admin) = start("m-conn", &one_route("m-conn", &[a.addr], 1)).await;

@@ -50,7 +50,7 @@ struct RunArgs {
     #[arg(long, value_parser = parse_workers)]
     workers: Option<Workers>,
     /// Log filter when RUST_LOG is unset, e.g. info, debug, switchyard=trace.
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", value_parser = parse_log_level)]
     log_level: String,
     /// How long shutdown waits for in-flight requests, e.g. 30s.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
@@ -94,16 +94,32 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// `--log-level`: a filter `tracing` accepts (a typo is a usage error, not silence).
+fn parse_log_level(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| format!("{error} (expected e.g. info, debug, switchyard=trace)"))
+}
+
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let (filter, ignored) = match from_env
+        .as_deref()
+        .map(tracing_subscriber::EnvFilter::try_new)
+    {
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(error)) => (tracing_subscriber::EnvFilter::new(level), Some(error)),
+        None => (tracing_subscriber::EnvFilter::new(level), None),
+    };
     // Colour only on a terminal: a log file or a log shipper must get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(error) = ignored {
+        tracing::warn!(%error, level, "RUST_LOG is not a valid filter; using --log-level");
+    }
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

@@ -189,6 +189,20 @@ fn workers_is_auto_or_a_positive_number() {
 }
 
 #[test]
+fn a_log_level_tracing_cannot_read_is_a_usage_error() {
+    let out = Command::new(BIN)
+        .args(["run", "--log-level", "bogus===", "--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid value 'bogus===' for '--log-level"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn version_and_help_are_printed() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());

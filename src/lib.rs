@@ -78,9 +78,32 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// As `Bind`, positioned at the listener's `bind` in the config file:
+    /// `FILE:LINE:COL: message`.
+    #[error("{0}")]
+    BindAt(config::ConfigError),
     /// The config file's directory could not be watched for changes.
     #[error("cannot watch the config file for changes")]
     Watch(#[source] std::io::Error),
+}
+
+impl StartError {
+    /// A listener's failed bind as `FILE:LINE:COL: message`, at its `bind` in `text` (the
+    /// text of `file` that `config` was parsed from); `None` for the other errors.
+    pub(crate) fn locate(
+        &self,
+        config: &Config,
+        file: &std::path::Path,
+        text: &str,
+    ) -> Option<config::ConfigError> {
+        use config::Seg::{Index, Key};
+        let StartError::Bind { name, .. } = self else {
+            return None;
+        };
+        let i = config.listeners.iter().position(|l| l.name == *name)?;
+        let at = [Key("listeners"), Index(i), Key("bind")];
+        Some(config::locate(file, text, &at, error_chain(self)))
+    }
 }
 
 /// How [`Server::start_with`] runs the proxy.
@@ -176,8 +199,12 @@ impl Server {
             admin: None,
         };
         if let Err(error) = reloader.start() {
+            let located = options.config_path.as_ref().and_then(|path| {
+                let text = config::read(path).unwrap_or_default();
+                error.locate(&server.shared.snapshot().config, path, &text)
+            });
             server.shutdown().await;
-            return Err(error);
+            return Err(located.map_or(error, StartError::BindAt));
         }
         if let (true, Some(path)) = (options.watch, &options.config_path) {
             match reload::watch::spawn(reloader.clone(), path, shutdown) {

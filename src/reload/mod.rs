@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, ConfigError, ConfigErrors};
-use crate::snapshot::{BuildError, Shared, Snapshot};
+use crate::snapshot::{Shared, Snapshot};
 use crate::{error_chain, StartError};
 pub(crate) use listeners::ListenerSet;
 
@@ -76,8 +76,9 @@ pub enum ReloadError {
     /// The file is unreadable or invalid; every error is `FILE:LINE:COL: message`.
     #[error("{0}")]
     Config(ConfigErrors),
-    /// The config is valid but could not be built into a snapshot (DNS, access log, TLS):
-    /// the [`BuildError`] positioned in the new file, `FILE:LINE:COL: message`.
+    /// The config is valid but could not be built into a snapshot (DNS, access log, TLS) or
+    /// a listener it adds could not be bound: the error positioned in the new file,
+    /// `FILE:LINE:COL: message`.
     #[error("{0}")]
     Build(ConfigError),
     /// A listener the new config adds could not be bound or is not supported.
@@ -237,14 +238,19 @@ impl Reloader {
             return Ok(current.generation);
         }
         let previous = current.clone();
-        let next = blocking(move || {
+        let (next, path, text) = blocking(move || {
             let built_from = config.clone();
-            Snapshot::build(config, Some(&previous)).map_err(|error: BuildError| {
-                ReloadError::Build(error.locate(&built_from, &path, &text))
-            })
+            match Snapshot::build(config, Some(&previous)) {
+                Ok(next) => Ok((next, path, text)),
+                Err(error) => Err(ReloadError::Build(error.locate(&built_from, &path, &text))),
+            }
         })
         .await?;
-        let plan = self.listeners().plan(&next.config.listeners)?;
+        let plan = self.listeners().plan(&next.config.listeners);
+        let plan = plan.map_err(|error| match error.locate(&next.config, &path, &text) {
+            Some(located) => ReloadError::Build(located),
+            None => ReloadError::Listener(error),
+        })?;
         let next = Arc::new(next);
         self.inner.shared.store(next.clone());
         self.listeners().apply(plan, &self.inner.shared);

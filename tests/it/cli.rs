@@ -173,6 +173,22 @@ fn run_refuses_an_invalid_config_without_starting() {
 }
 
 #[test]
+fn run_names_the_bind_line_of_an_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let text = VALID.replace("127.0.0.1:8080", &addr) + "access_log: off\n";
+    let (_dir, path) = write_config("busy.yaml", &text);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let want = format!("busy.yaml:3:11: listener \"a\": cannot bind {addr}: ");
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+}
+
+#[test]
 fn workers_is_auto_or_a_positive_number() {
     for bad in ["0", "1.5", "many"] {
         let out = Command::new(BIN)
@@ -191,7 +207,13 @@ fn workers_is_auto_or_a_positive_number() {
 #[test]
 fn a_log_level_tracing_cannot_read_is_a_usage_error() {
     let out = Command::new(BIN)
-        .args(["run", "--log-level", "bogus===", "--config", "/nonexistent.yaml"])
+        .args([
+            "run",
+            "--log-level",
+            "bogus===",
+            "--config",
+            "/nonexistent.yaml",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

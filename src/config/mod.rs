@@ -80,7 +80,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     }
     let (config, mut errors, repaired) = deserialize(path, text);
     let Some(mut config) = config else {
-        return Err(ConfigErrors::from_vec(errors));
+        // serde's errors come in the order it met them, and a missing key is reported at
+        // its mapping's start, after the mapping's other errors.
+        return Err(in_file_order(errors));
     };
     if let Err(semantic) = validate::validate(path, text, &mut config) {
         // A rule broken next to a line taken out may be broken only because it is gone.
@@ -88,11 +90,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         errors.extend(semantic.into_iter().filter(unrelated));
     }
     if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.col));
-        return Err(ConfigErrors::from_vec(errors));
+        return Err(in_file_order(errors));
     }
     config.resolve_paths(path.parent().unwrap_or(Path::new("")));
     Ok(config)
+}
+
+/// The errors sorted by position; the sort is stable, so one spot keeps its finding order.
+fn in_file_order(mut errors: Vec<ConfigError>) -> ConfigErrors {
+    errors.sort_by_key(|e| (e.line, e.col));
+    ConfigErrors::from_vec(errors)
 }
 
 /// How many errors of the serde pass one file reports at most.

@@ -391,3 +391,19 @@ fn rules_next_to_a_value_taken_out_are_not_checked() {
         "{all:#?}"
     );
 }
+
+#[test]
+fn errors_before_a_missing_key_come_in_file_order() {
+    // serde reports `name` missing at the item's start only after `retrys` below it.
+    let yaml = "\
+listeners:
+  - name: a
+    bind: \"127.0.0.1:20120\"
+routes:
+  - pool: nope
+    retrys: 1
+";
+    let all = errors(yaml);
+    assert_eq!(positions(yaml), [(5, 5), (6, 5)], "{all:#?}");
+    assert!(all[0].message.contains("missing field `name`"), "{all:#?}");
+}

@@ -106,9 +106,10 @@ fn in_file_order(mut errors: Vec<ConfigError>) -> ConfigErrors {
 const MAX_SERDE_ERRORS: usize = 20;
 
 /// serde's pass over the file, going on past its first error where that is safe: an unknown
-/// key or a bad value on a plain `key: scalar` line is reported, the line is commented out
-/// (so every position stays), and the text is parsed again. Any other error (YAML syntax, a
-/// missing field, a list item, a block or flow value) ends the pass. Returns the config of
+/// key or a bad value on a plain `key: value` line (a scalar, or a flow collection that
+/// closes on that line) is reported, the line is commented out (so every position stays),
+/// and the text is parsed again. Any other error (YAML syntax, a missing field, a list item,
+/// a block value, a flow value over several lines) ends the pass. Returns the config of
 /// the last text if it parsed, the errors, and the lines of the mappings that lost a line
 /// for a value (their semantic errors may be caused by the default that replaced it).
 fn deserialize(
@@ -182,8 +183,10 @@ fn error_key(message: &str) -> Option<&str> {
     plain.then_some(last)
 }
 
-/// Whether line `i` is `key: scalar` for this `key`, inside a mapping (no list item, no flow
-/// or block value), so that commenting it out removes that key alone.
+/// Whether line `i` is `key: scalar` for this `key`, inside a mapping (no list item, no
+/// block value, no flow value that goes on past the line), so that commenting it out
+/// removes that key alone. A one-line flow value (`extra: {}`, `listners: []`) is as
+/// safe to take out as a scalar.
 fn plain_key_line(lines: &[String], i: usize, key: &str) -> bool {
     let Some(line) = lines.get(i) else {
         return false;
@@ -201,8 +204,14 @@ fn plain_key_line(lines: &[String], i: usize, key: &str) -> bool {
     !body.starts_with(['-', '#'])
         && line_key == key
         && !value.is_empty()
-        && !value.starts_with(['{', '[', '|', '>', '&', '*', '!'])
+        && (!value.starts_with(['{', '[']) || one_line_flow(value))
+        && !value.starts_with(['|', '>', '&', '*', '!'])
         && !block_follows
+}
+
+/// Whether `value`, a flow collection, closes on its own line: alone, it is whole YAML.
+fn one_line_flow(value: &str) -> bool {
+    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(value).is_ok()
 }
 
 /// The lines (1-based) of the mapping line `i` belongs to: its neighbours at the same

@@ -407,3 +407,24 @@ routes:
     assert_eq!(positions(yaml), [(5, 5), (6, 5)], "{all:#?}");
     assert!(all[0].message.contains("missing field `name`"), "{all:#?}");
 }
+
+#[test]
+fn an_unknown_key_with_a_one_line_flow_value_is_stepped_over() {
+    for extra in ["extra: {}", "listners: []", "extra: { a: [1, 2] } # a note"] {
+        let yaml = format!("{extra}\nworkers: 0\n{BASE}");
+        let all = errors(&yaml);
+        assert_eq!(positions(&yaml), [(1, 1), (2, 10)], "{all:#?}");
+        let key = extra.split(':').next().unwrap();
+        assert!(
+            all[0].message.contains(&format!("unknown field `{key}`")),
+            "{all:#?}"
+        );
+        assert!(all[1].message.starts_with("workers:"), "{all:#?}");
+    }
+}
+
+#[test]
+fn a_bad_one_line_flow_value_is_stepped_over() {
+    let yaml = format!("workers: []\naccess_log: {{}}\n{BASE}    retrys: 2\n");
+    assert_eq!(positions(&yaml), [(1, 10), (2, 13), (13, 5)]);
+}

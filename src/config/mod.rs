@@ -108,10 +108,12 @@ const MAX_SERDE_ERRORS: usize = 20;
 /// serde's pass over the file, going on past its first error where that is safe: an unknown
 /// key or a bad value on a plain `key: value` line (a scalar, or a flow collection that
 /// closes on that line) is reported, the line is commented out (so every position stays),
-/// and the text is parsed again. Any other error (YAML syntax, a missing field, a list item,
-/// a block value, a flow value over several lines) ends the pass. Returns the config of
-/// the last text if it parsed, the errors, and the lines of the mappings that lost a line
-/// for a value (their semantic errors may be caused by the default that replaced it).
+/// and the text is parsed again; when serde then finds the key missing, a stand-in value
+/// ([`STAND_INS`]) takes the line instead. Any other error (YAML syntax, a missing field,
+/// a list item, a block value, a flow value over several lines) ends the pass. Returns the
+/// config of the last text if it parsed, the errors, and the lines of the mappings that
+/// lost a line for a value (their semantic errors may be caused by the default or
+/// stand-in that replaced it).
 fn deserialize(
     path: &Path,
     text: &str,
@@ -127,7 +129,7 @@ fn deserialize(
         .contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']);
     let mut errors = Vec::new();
     let mut repaired = Vec::new();
-    let mut removed: Vec<String> = Vec::new();
+    let mut removed: Vec<TakenOut> = Vec::new();
     let mut current = std::borrow::Cow::Borrowed(text);
     loop {
         let err = match serde_yaml_ng::from_str::<Config>(&current) {
@@ -135,12 +137,15 @@ fn deserialize(
             Err(err) => err,
         };
         let message = err.to_string();
-        if removed
-            .iter()
-            .any(|key| message.contains(&format!("missing field `{key}`")))
-        {
-            // Only missing because its bad value was taken out: already reported.
-            return (None, errors, repaired);
+        if let Some(i) = taken_out_required(&removed, &err) {
+            // Only missing because its bad value was taken out, which is already reported:
+            // a stand-in value lets serde read the rest of the file.
+            let taken = removed.swap_remove(i);
+            if !stand_in(&mut lines, &taken) {
+                return (None, errors, repaired);
+            }
+            current = std::borrow::Cow::Owned(lines.join("\n"));
+            continue;
         }
         errors.extend(serde_error(path, &err));
         let removable = err.location().map(|l| l.line()).zip(error_key(&message));
@@ -153,12 +158,18 @@ fn deserialize(
         let Some((line, key)) = removable else {
             return (None, errors, repaired);
         };
-        // An unknown key meant nothing; a bad value's key now takes its default, which other
-        // keys of its mapping may not agree with.
+        // An unknown key meant nothing; a bad value's key now takes its default (or a
+        // stand-in), which other keys of its mapping may not agree with.
+        let mapping = enclosing_mapping(&lines, line - 1);
         if !message.contains("unknown field") {
-            repaired.push(enclosing_mapping(&lines, line - 1));
+            repaired.push(mapping.clone());
         }
-        removed.push(key.to_owned());
+        removed.push(TakenOut {
+            line,
+            key: key.to_owned(),
+            indent: lines[line - 1].len() - lines[line - 1].trim_start_matches(' ').len(),
+            mapping,
+        });
         lines[line - 1].insert(0, '#');
         let next = lines.join("\n");
         if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&next).is_err() {
@@ -169,6 +180,52 @@ fn deserialize(
         }
         current = std::borrow::Cow::Owned(next);
     }
+}
+
+/// A `key: value` line [`deserialize`] commented out.
+struct TakenOut {
+    /// 1-based line.
+    line: usize,
+    key: String,
+    /// Spaces before the key.
+    indent: usize,
+    /// The lines of the mapping it was in.
+    mapping: std::ops::RangeInclusive<usize>,
+}
+
+/// Values for a required key whose bad value was taken out, tried in turn until serde
+/// takes one. Required keys hold names, file paths and addresses (any string; a `bind`
+/// wants host:port, and port 0 overlaps no other bind) or lists (`certificates`,
+/// `endpoints`). The value is never used: the file has an error, and the rules of the
+/// mapping it is in are not checked.
+const STAND_INS: [&str; 2] = ["\"127.0.0.1:0\"", "[]"];
+
+/// Which line in `removed`, if any, `err` says is missing: a "missing field" error for its
+/// key, positioned at the start of the mapping the line was in.
+fn taken_out_required(removed: &[TakenOut], err: &serde_yaml_ng::Error) -> Option<usize> {
+    let message = err.to_string();
+    let (_, rest) = message.split_once("missing field `")?;
+    let key = rest.split('`').next()?;
+    let at = err.location()?.line();
+    removed
+        .iter()
+        .rposition(|t| t.key == key && t.mapping.contains(&at))
+}
+
+/// Puts the key `taken` removed back in `lines` with the first of [`STAND_INS`] serde
+/// accepts for it; false (the line left changed) when it accepts none.
+fn stand_in(lines: &mut [String], taken: &TakenOut) -> bool {
+    let indent = " ".repeat(taken.indent);
+    STAND_INS.iter().any(|value| {
+        lines[taken.line - 1] = format!("{indent}{}: {value}", taken.key);
+        match serde_yaml_ng::from_str::<Config>(&lines.join("\n")) {
+            Ok(_) => true,
+            Err(err) => {
+                let here = err.location().is_some_and(|l| l.line() == taken.line);
+                !(here && error_key(&err.to_string()) == Some(taken.key.as_str()))
+            }
+        }
+    })
 }
 
 /// The key a serde error is about: the field it names as unknown, or the last key of its

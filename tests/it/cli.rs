@@ -126,6 +126,29 @@ fn check_stops_at_an_error_it_cannot_step_over() {
 }
 
 #[test]
+fn check_goes_on_past_a_bad_value_of_a_required_key() {
+    // The audit's b40.yaml: `bind` is required, so taking its line out used to end the run.
+    let text = "listeners:\n  - name: a\n    bind: \"127.0.0.1\"\nroutes:\n  - name: r\n    pool: nope\n    retrys: 1\nworkers: 0\n";
+    let out = check("b40.yaml", text);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let at: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.rsplit('/').next()?.split(": ").next())
+        .collect();
+    assert_eq!(
+        at,
+        [
+            "b40.yaml:3:11",
+            "b40.yaml:6:11",
+            "b40.yaml:7:5",
+            "b40.yaml:8:10"
+        ],
+        "{err}"
+    );
+}
+
+#[test]
 fn check_reports_a_bad_duration_with_line_and_column() {
     let text = VALID.replace("    pool: p\n", "    pool: p\n    timeout: 5\n");
     let out = check("duration.yaml", &text);

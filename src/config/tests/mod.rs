@@ -428,3 +428,91 @@ fn a_bad_one_line_flow_value_is_stepped_over() {
     let yaml = format!("workers: []\naccess_log: {{}}\n{BASE}    retrys: 2\n");
     assert_eq!(positions(&yaml), [(1, 10), (2, 13), (13, 5)]);
 }
+
+#[test]
+fn a_bad_value_of_a_required_key_does_not_end_the_listing() {
+    // Audit b40: only the `bind` error was printed.
+    let yaml = "\
+listeners:
+  - name: a
+    bind: \"127.0.0.1\"
+routes:
+  - name: r
+    pool: nope
+    retrys: 1
+workers: 0
+";
+    let all = errors(yaml);
+    assert_eq!(
+        positions(yaml),
+        [(3, 11), (6, 11), (7, 5), (8, 10)],
+        "{all:#?}"
+    );
+    assert!(
+        all[0]
+            .message
+            .contains("invalid bind address \"127.0.0.1\""),
+        "{all:#?}"
+    );
+    assert!(all[1].message.contains("unknown pool \"nope\""), "{all:#?}");
+    assert!(
+        all.iter().all(|e| !e.message.contains("missing field")),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn every_required_key_with_a_bad_value_gets_a_stand_in() {
+    // Strings and lists; the stand-ins break no rule elsewhere (empty lists, a loopback
+    // bind on port 0), and the rules of their own mappings are not checked.
+    let yaml = "\
+listeners:
+  - name: a
+    bind: \"127.0.0.1\"
+    tls:
+      certificates: x
+  - name: b
+    bind: localhost
+admin:
+  bind: nowhere
+routes:
+  - name: r
+    pool: p
+pools:
+  - name: p
+    discovery:
+      etcd:
+        endpoints: x
+        prefix: /p/
+    upstreams: [{ addr: \"127.0.0.1:2\" }]
+    retrys: 2
+";
+    let all = errors(yaml);
+    assert_eq!(
+        positions(yaml),
+        [(3, 11), (5, 21), (7, 11), (9, 9), (17, 20), (20, 5)],
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn a_key_that_is_really_missing_is_still_reported() {
+    // A bad `bind` taken out in one listener; the other has no `bind` at all.
+    let yaml = "\
+listeners:
+  - name: a
+    bind: \"127.0.0.1\"
+  - name: b
+routes:
+  - name: r
+    pool: p
+";
+    let all = errors(yaml);
+    assert_eq!(positions(yaml), [(3, 11), (4, 5)], "{all:#?}");
+    assert!(
+        all[1]
+            .message
+            .contains("listeners[1]: missing field `bind`"),
+        "{all:#?}"
+    );
+}

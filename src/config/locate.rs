@@ -124,11 +124,29 @@ impl Locator {
         }
         pos
     }
+
+    /// Position of the second `key` of the mapping that starts at `start`, if it has two:
+    /// serde positions a duplicate key at the start of its mapping.
+    pub(crate) fn second_key(&self, start: Pos, key: &str) -> Option<Pos> {
+        let entries = self.root.as_ref()?.mapping_at(start)?;
+        let mut keys = entries.iter().filter(|(k, _)| k.is_scalar(key));
+        keys.nth(1).map(|(k, _)| k.pos)
+    }
 }
 
 impl Node {
     fn is_scalar(&self, want: &str) -> bool {
         matches!(&self.kind, Kind::Scalar(s) if s == want)
+    }
+
+    /// The entries of the mapping at `pos`, this node or one inside it.
+    fn mapping_at(&self, pos: Pos) -> Option<&[(Node, Node)]> {
+        match &self.kind {
+            Kind::Map(entries) if self.pos == pos => Some(entries),
+            Kind::Map(entries) => entries.iter().find_map(|(_, v)| v.mapping_at(pos)),
+            Kind::Seq(items) => items.iter().find_map(|v| v.mapping_at(pos)),
+            Kind::Scalar(_) | Kind::Other => None,
+        }
     }
 }
 
@@ -231,6 +249,20 @@ empty: {}
         assert_eq!(find(&key_path!["routes", 7, "pool"]), (3, 3));
         assert_eq!(find(&key_path!["empty", "x"]), (6, 8));
         assert_eq!(find(&key_path!["nothing"]), (2, 1));
+    }
+
+    #[test]
+    fn the_second_of_two_equal_keys_is_found_from_its_mapping() {
+        let yaml = "a: 1\nb:\n  - name: x\n    pool: p\n    pool: q\n  - { k: 1, k: 2 }\na: 2\n";
+        let second = |line, col, key| {
+            let pos = Locator::new(yaml).second_key(Pos { line, col }, key);
+            pos.map(|p| (p.line, p.col))
+        };
+        assert_eq!(second(1, 1, "a"), Some((7, 1)));
+        assert_eq!(second(3, 5, "pool"), Some((5, 5)));
+        assert_eq!(second(6, 5, "k"), Some((6, 13)));
+        assert_eq!(second(3, 5, "name"), None);
+        assert_eq!(second(2, 1, "a"), None);
     }
 
     #[test]

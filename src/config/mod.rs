@@ -147,7 +147,7 @@ fn deserialize(
             current = std::borrow::Cow::Owned(lines.join("\n"));
             continue;
         }
-        errors.extend(serde_error(path, &err));
+        errors.extend(serde_error(path, &current, &err));
         let removable = err.location().map(|l| l.line()).zip(error_key(&message));
         let removable = removable.filter(|&(l, key)| {
             errors.len() < MAX_SERDE_ERRORS
@@ -311,14 +311,21 @@ pub(crate) fn locate(
     ConfigError::new(path, Locator::new(text).find(key_path), message)
 }
 
-/// Positions a serde error and drops the " at line L column C" its message repeats.
-fn serde_error(path: &Path, err: &serde_yaml_ng::Error) -> ConfigErrors {
+/// Positions a serde error and drops the " at line L column C" its message repeats. serde
+/// places a duplicate key at the start of its mapping: it is moved to the second
+/// occurrence of the key in `text`, the text serde read.
+fn serde_error(path: &Path, text: &str, err: &serde_yaml_ng::Error) -> ConfigErrors {
     let message = err.to_string();
     let error = match err.location() {
         Some(loc) => {
             let (line, col) = (loc.line(), loc.column());
             let message = message.replacen(&format!(" at line {line} column {col}"), "", 1);
-            ConfigError::new(path, Pos { line, col }, message)
+            let mut pos = Pos { line, col };
+            if let Some((_, rest)) = message.split_once("duplicate field `") {
+                let key = rest.split('`').next().unwrap_or_default();
+                pos = Locator::new(text).second_key(pos, key).unwrap_or(pos);
+            }
+            ConfigError::new(path, pos, message)
         }
         None => ConfigError::new(path, Pos::START, message),
     };

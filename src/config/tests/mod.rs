@@ -516,3 +516,14 @@ routes:
         "{all:#?}"
     );
 }
+
+#[test]
+fn a_duplicate_key_points_at_its_second_occurrence() {
+    // Audit b53 and b57: serde places these at the start of the mapping.
+    let top = "listeners:\n  - name: a\n    bind: \"127.0.0.1:20120\"\nlisteners: []\n";
+    assert_error(top, 4, 1, "duplicate field `listeners`");
+    let route = BASE.replace("    pool: api\n", "    pool: api\n    pool: web\n");
+    assert_error(&route, 7, 5, "routes[0]: duplicate field `pool`");
+    let flow = format!("{BASE}    health_check: {{ path: /a, interval: 1s, path: /b }}\n");
+    assert_error(&flow, 11, 45, "duplicate field `path`");
+}

@@ -25,6 +25,36 @@ pub struct ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(Vec<ConfigError>);
 
+/// serde's message with the Rust type it expected put in config terms: `struct
+/// ListenerConfig` becomes "a mapping", `u32` "an integer from 0 to 4294967295", `path
+/// string` "a file path". The rest (key path, what was found) is kept.
+pub(super) fn in_config_terms(message: &str) -> String {
+    const EXPECTED: &str = "expected ";
+    let Some((head, wanted)) = message.rsplit_once(EXPECTED) else {
+        return message.to_owned();
+    };
+    let max: Option<u128> = match wanted {
+        "u8" => Some(u8::MAX.into()),
+        "u16" => Some(u16::MAX.into()),
+        "u32" => Some(u32::MAX.into()),
+        "u64" => Some(u64::MAX.into()),
+        // usize is at most 64 bits on every target Rust supports.
+        "usize" => u128::try_from(usize::MAX).ok(),
+        _ => None,
+    };
+    let plain = match (max, wanted) {
+        (Some(max), _) => format!("an integer from 0 to {max}"),
+        (None, "path string") => "a file path".to_owned(),
+        (None, _) => match wanted.strip_prefix("struct ") {
+            Some(name) if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                "a mapping".to_owned()
+            }
+            _ => return message.to_owned(),
+        },
+    };
+    format!("{head}{EXPECTED}{plain}")
+}
+
 // === impl ConfigError ===
 
 impl ConfigError {

@@ -320,6 +320,7 @@ fn serde_error(path: &Path, text: &str, err: &serde_yaml_ng::Error) -> ConfigErr
         Some(loc) => {
             let (line, col) = (loc.line(), loc.column());
             let message = message.replacen(&format!(" at line {line} column {col}"), "", 1);
+            let message = error::in_config_terms(&message);
             let mut pos = Pos { line, col };
             if let Some((_, rest)) = message.split_once("duplicate field `") {
                 let key = rest.split('`').next().unwrap_or_default();
@@ -327,7 +328,7 @@ fn serde_error(path: &Path, text: &str, err: &serde_yaml_ng::Error) -> ConfigErr
             }
             ConfigError::new(path, pos, message)
         }
-        None => ConfigError::new(path, Pos::START, message),
+        None => ConfigError::new(path, Pos::START, error::in_config_terms(&message)),
     };
     error.into()
 }

@@ -527,3 +527,46 @@ fn a_duplicate_key_points_at_its_second_occurrence() {
     let flow = format!("{BASE}    health_check: {{ path: /a, interval: 1s, path: /b }}\n");
     assert_error(&flow, 11, 45, "duplicate field `path`");
 }
+
+#[test]
+fn expected_types_are_named_in_config_terms() {
+    // Audit b55, b4 and b21: serde named `struct Config`, `struct ListenerConfig`, `u32`.
+    assert_error("- a\n", 1, 1, "invalid type: sequence, expected a mapping");
+    let listeners = BASE.replace("listeners:\n", "listeners:\n  - []\n");
+    assert_error(
+        &listeners,
+        2,
+        5,
+        "listeners[0]: invalid type: sequence, expected a mapping",
+    );
+    let weight = BASE.replace(
+        "{ addr: \"10.0.0.1:80\" }",
+        "addr: \"10.0.0.1:80\"\n        weight: -3",
+    );
+    let want = "pools[0].upstreams[0].weight: invalid type: integer `-3`, expected an integer from 0 to 4294967295";
+    assert_eq!(errors(&weight)[0].message, want);
+    let connections = BASE.replace(
+        "    bind: \"127.0.0.1:8080\"\n",
+        "    bind: \"127.0.0.1:8080\"\n    limits: { max_connections: x }\n",
+    );
+    let usize_max = usize::MAX;
+    assert_error(
+        &connections,
+        4,
+        32,
+        &format!("max_connections: invalid type: string \"x\", expected an integer from 0 to {usize_max}"),
+    );
+    for (yaml, want) in [
+        (
+            format!("admin: 5\n{BASE}"),
+            "admin: invalid type: integer `5`, expected a mapping",
+        ),
+        (
+            format!("{BASE}    tls: {{ ca: [] }}\n"),
+            "pools[0].tls.ca: invalid type: sequence, expected a file path",
+        ),
+    ] {
+        let message = &errors(&yaml)[0].message;
+        assert_eq!(message, want);
+    }
+}

@@ -231,7 +231,8 @@ impl<'de, T, F: Fn(&str) -> Result<T, String>> Visitor<'de> for ParseVisitor<F> 
     type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.1)
+        // serde writes "expected " before this; the shared texts already start with it.
+        f.write_str(self.1.strip_prefix("expected ").unwrap_or(self.1))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {

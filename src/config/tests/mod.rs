@@ -250,6 +250,19 @@ fn bad_duration_names_the_accepted_forms() {
 }
 
 #[test]
+fn a_list_for_a_duration_or_a_size_says_expected_once() {
+    let yaml = format!("{BASE}    connect_timeout: []\n");
+    let want = "pools[0].connect_timeout: invalid type: sequence, expected a duration with a unit";
+    assert_error(&yaml, 11, 22, want);
+    let yaml = BASE.replace(
+        "    bind: \"127.0.0.1:8080\"\n",
+        "    bind: \"127.0.0.1:8080\"\n    limits:\n      max_header_bytes: []\n",
+    );
+    let want = "max_header_bytes: invalid type: sequence, expected a size in bytes";
+    assert_error(&yaml, 5, 25, want);
+}
+
+#[test]
 fn bad_size_names_the_accepted_forms() {
     let yaml = BASE.replace("    pool: api\n", "    pool: api\n    max_body: 10 MeB\n");
     assert_error(

@@ -5,7 +5,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::file::Protocol;
 use super::locate::Pos;
+use crate::balance::StrategyKind;
 
 /// One problem in the config file, displayed as `FILE:LINE:COL: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +29,8 @@ pub struct ConfigErrors(Vec<ConfigError>);
 
 /// serde's message with the Rust type it expected put in config terms: `struct
 /// ListenerConfig` becomes "a mapping", `u32` "an integer from 0 to 4294967295", `path
-/// string` "a file path". The rest (key path, what was found) is kept.
+/// string` "a file path", and the YAML tag an enum key wants (given a list or mapping)
+/// its names. The rest (key path, what was found) is kept.
 pub(super) fn in_config_terms(message: &str) -> String {
     const EXPECTED: &str = "expected ";
     let Some((head, wanted)) = message.rsplit_once(EXPECTED) else {
@@ -45,6 +48,13 @@ pub(super) fn in_config_terms(message: &str) -> String {
     let plain = match (max, wanted) {
         (Some(max), _) => format!("an integer from 0 to {max}"),
         (None, "path string") => "a file path".to_owned(),
+        (None, "a YAML tag starting with '!'") => {
+            let path = head.split(": ").next().unwrap_or_default();
+            match names(path.rsplit('.').next().unwrap_or_default()) {
+                Some(names) => names,
+                None => return message.to_owned(),
+            }
+        }
         (None, _) => match wanted.strip_prefix("struct ") {
             Some(name) if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()) => {
                 "a mapping".to_owned()
@@ -53,6 +63,20 @@ pub(super) fn in_config_terms(message: &str) -> String {
         },
     };
     format!("{head}{EXPECTED}{plain}")
+}
+
+/// The names an enum key accepts, as serde lists them for an unknown one, so the list
+/// cannot drift from the enum.
+fn names(key: &str) -> Option<String> {
+    let unknown = "\"\"";
+    let err = match key {
+        "strategy" => serde_yaml_ng::from_str::<StrategyKind>(unknown).err(),
+        "protocol" => serde_yaml_ng::from_str::<Protocol>(unknown).err(),
+        _ => None,
+    }?;
+    let message = err.to_string();
+    let (_, names) = message.split_once(", expected ")?;
+    Some(names.split(" at line ").next()?.to_owned())
 }
 
 // === impl ConfigError ===

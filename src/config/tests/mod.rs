@@ -578,6 +578,15 @@ fn expected_types_are_named_in_config_terms() {
             format!("{BASE}    tls: {{ ca: [] }}\n"),
             "pools[0].tls.ca: invalid type: sequence, expected a file path",
         ),
+        (
+            format!("{BASE}    protocol: {{}}\n"),
+            "pools[0].protocol: invalid type: map, expected `http1` or `h2`",
+        ),
+        (
+            format!("{BASE}    strategy: [a]\n"),
+            "pools[0].strategy: invalid type: sequence, expected one of `round_robin`, \
+             `random`, `weighted`, `least_request`, `consistent_hash`",
+        ),
     ] {
         let message = &errors(&yaml)[0].message;
         assert_eq!(message, want);

@@ -88,21 +88,22 @@ pub enum StartError {
 }
 
 impl StartError {
-    /// A listener's failed bind as `FILE:LINE:COL: message`, at its `bind` in `text` (the
-    /// text of `file` that `config` was parsed from); `None` for the other errors.
-    pub(crate) fn locate(
-        &self,
-        config: &Config,
-        file: &std::path::Path,
-        text: &str,
-    ) -> Option<config::ConfigError> {
+    /// Where in `config` the address a listener failed to bind is: its `bind`; `None` for
+    /// the other errors.
+    pub(crate) fn bind_key(&self, config: &Config) -> Option<[config::Seg<'static>; 3]> {
         use config::Seg::{Index, Key};
         let StartError::Bind { name, .. } = self else {
             return None;
         };
         let i = config.listeners.iter().position(|l| l.name == *name)?;
-        let at = [Key("listeners"), Index(i), Key("bind")];
-        Some(config::locate(file, text, &at, error_chain(self)))
+        Some([Key("listeners"), Index(i), Key("bind")])
+    }
+
+    /// This error as [`StartError::BindAt`], positioned at `key` in the config file `file`
+    /// (re-read; an unreadable file gives line 1, column 1).
+    fn positioned(self, file: &std::path::Path, key: &[config::Seg<'_>]) -> StartError {
+        let text = config::read(file).unwrap_or_default();
+        StartError::BindAt(config::locate(file, &text, key, error_chain(&self)))
     }
 }
 
@@ -199,12 +200,12 @@ impl Server {
             admin: None,
         };
         if let Err(error) = reloader.start() {
-            let located = options.config_path.as_ref().and_then(|path| {
-                let text = config::read(path).unwrap_or_default();
-                error.locate(&server.shared.snapshot().config, path, &text)
-            });
+            let key = error.bind_key(&server.shared.snapshot().config);
             server.shutdown().await;
-            return Err(located.map_or(error, StartError::BindAt));
+            return Err(match (&options.config_path, key) {
+                (Some(path), Some(key)) => error.positioned(path, &key),
+                _ => error,
+            });
         }
         if let (true, Some(path)) = (options.watch, &options.config_path) {
             match reload::watch::spawn(reloader.clone(), path, shutdown) {
@@ -221,7 +222,11 @@ impl Server {
                 Ok(admin) => server.admin = Some(admin),
                 Err(error) => {
                     server.shutdown().await;
-                    return Err(error);
+                    let admin_bind = [config::Seg::Key("admin"), config::Seg::Key("bind")];
+                    return Err(match &options.config_path {
+                        Some(path) => error.positioned(path, &admin_bind),
+                        None => error,
+                    });
                 }
             }
         }

@@ -247,8 +247,11 @@ impl Reloader {
         })
         .await?;
         let plan = self.listeners().plan(&next.config.listeners);
-        let plan = plan.map_err(|error| match error.locate(&next.config, &path, &text) {
-            Some(located) => ReloadError::Build(located),
+        let plan = plan.map_err(|error| match error.bind_key(&next.config) {
+            Some(key) => {
+                let message = crate::error_chain(&error);
+                ReloadError::Build(config::locate(&path, &text, &key, message))
+            }
             None => ReloadError::Listener(error),
         })?;
         let next = Arc::new(next);

@@ -209,6 +209,19 @@ fn run_names_the_bind_line_of_an_address_in_use() {
     assert_eq!(out.status.code(), Some(1));
     let want = format!("busy.yaml:3:11: listener \"a\": cannot bind {addr}: ");
     assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+
+    // The admin API's address too.
+    let text = VALID.replace("127.0.0.1:8080", "127.0.0.1:0")
+        + &format!("access_log: off\nadmin:\n  bind: \"{addr}\"\n");
+    let (_dir, path) = write_config("busy-admin.yaml", &text);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let want = format!("busy-admin.yaml:14:9: listener \"admin\": cannot bind {addr}: ");
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
 }
 
 #[test]

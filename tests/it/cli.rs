@@ -26,6 +26,15 @@ fn check(name: &str, text: &str) -> Output {
         .unwrap()
 }
 
+/// `switchyard --config PATH` (`run`, the default command), to its end.
+fn run_with(path: &std::path::Path) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -182,11 +191,7 @@ fn check_reports_a_missing_file() {
 #[test]
 fn run_refuses_an_invalid_config_without_starting() {
     let (_dir, path) = write_config("bad-run.yaml", &VALID.replace("pool: p\n", "pool: nope\n"));
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_with(&path);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("bad-run.yaml:7:11: unknown pool"),
@@ -201,11 +206,7 @@ fn run_names_the_bind_line_of_an_address_in_use() {
     let addr = taken.local_addr().unwrap().to_string();
     let text = VALID.replace("127.0.0.1:8080", &addr) + "access_log: off\n";
     let (_dir, path) = write_config("busy.yaml", &text);
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_with(&path);
     assert_eq!(out.status.code(), Some(1));
     let want = format!("busy.yaml:3:11: listener \"a\": cannot bind {addr}: ");
     assert!(stderr(&out).contains(&want), "{}", stderr(&out));
@@ -214,11 +215,7 @@ fn run_names_the_bind_line_of_an_address_in_use() {
     let text = VALID.replace("127.0.0.1:8080", "127.0.0.1:0")
         + &format!("access_log: off\nadmin:\n  bind: \"{addr}\"\n");
     let (_dir, path) = write_config("busy-admin.yaml", &text);
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_with(&path);
     assert_eq!(out.status.code(), Some(1));
     let want = format!("busy-admin.yaml:14:9: listener \"admin\": cannot bind {addr}: ");
     assert!(stderr(&out).contains(&want), "{}", stderr(&out));

@@ -139,13 +139,22 @@ fn deserialize(
         let message = err.to_string();
         if let Some(i) = taken_out_required(&removed, &err) {
             // Only missing because its bad value was taken out, which is already reported:
-            // a stand-in value lets serde read the rest of the file.
+            // a stand-in value lets serde read the rest of the file. Not for a `name`, which
+            // other mappings refer to: its stand-in would show up in their errors.
             let taken = removed.swap_remove(i);
-            if !stand_in(&mut lines, &taken) {
+            if taken.key == "name" || !stand_in(&mut lines, &taken) {
                 return (None, errors, repaired);
             }
             current = std::borrow::Cow::Owned(lines.join("\n"));
             continue;
+        }
+        if removed
+            .iter()
+            .any(|t| missing_key(&message) == Some(t.key.as_str()))
+        {
+            // Missing, it seems, because a line was taken out, though not found in that
+            // line's mapping (an unusual indentation): stop rather than report it.
+            return (None, errors, repaired);
         }
         errors.extend(serde_error(path, &current, &err));
         let removable = err.location().map(|l| l.line()).zip(error_key(&message));
@@ -194,18 +203,23 @@ struct TakenOut {
 }
 
 /// Values for a required key whose bad value was taken out, tried in turn until serde
-/// takes one. Required keys hold names, file paths and addresses (any string; a `bind`
-/// wants host:port, and port 0 overlaps no other bind) or lists (`certificates`,
-/// `endpoints`). The value is never used: the file has an error, and the rules of the
-/// mapping it is in are not checked.
+/// takes one. Required keys (but `name`, see [`deserialize`]) hold file paths and
+/// addresses (any string; a `bind` wants host:port, and port 0 overlaps no other bind) or
+/// lists (`certificates`, `endpoints`). The value is never used: the file has an error,
+/// and the rules of the mapping it is in are not checked.
 const STAND_INS: [&str; 2] = ["\"127.0.0.1:0\"", "[]"];
+
+/// The key a "missing field" error names.
+fn missing_key(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once("missing field `")?;
+    rest.split('`').next()
+}
 
 /// Which line in `removed`, if any, `err` says is missing: a "missing field" error for its
 /// key, positioned at the start of the mapping the line was in.
 fn taken_out_required(removed: &[TakenOut], err: &serde_yaml_ng::Error) -> Option<usize> {
     let message = err.to_string();
-    let (_, rest) = message.split_once("missing field `")?;
-    let key = rest.split('`').next()?;
+    let key = missing_key(&message)?;
     let at = err.location()?.line();
     removed
         .iter()

@@ -531,6 +531,41 @@ routes:
 }
 
 #[test]
+fn a_pool_name_gets_no_stand_in_that_other_errors_would_show() {
+    // A stand-in pool name would make `pool: p` an unknown pool, listing the stand-in.
+    let yaml = "\
+listeners:
+  - name: a
+    bind: \"127.0.0.1:20121\"
+routes:
+  - name: r
+    pool: p
+pools:
+  - upstreams: [{ addr: \"127.0.0.1:2\" }]
+    name: { p: 1 }
+";
+    let all = errors(yaml);
+    assert_eq!(positions(yaml), [(9, 11)], "{all:#?}");
+    assert!(
+        all.iter().all(|e| !e.message.contains("127.0.0.1:0")),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn a_taken_out_key_missing_from_an_oddly_indented_item_ends_the_listing_quietly() {
+    // Three spaces after the dash: the item's mapping is not where the line's neighbours
+    // are looked for, so the missing `bind` is not matched to the line taken out.
+    let yaml = "listeners:\n  -   name: a\n      bind: \"127.0.0.1\"\n";
+    let all = errors(yaml);
+    assert_eq!(positions(yaml), [(3, 13)], "{all:#?}");
+    assert!(
+        all.iter().all(|e| !e.message.contains("missing field")),
+        "{all:#?}"
+    );
+}
+
+#[test]
 fn a_duplicate_key_points_at_its_second_occurrence() {
     // Audit b53 and b57: serde places these at the start of the mapping.
     let top = "listeners:\n  - name: a\n    bind: \"127.0.0.1:20120\"\nlisteners: []\n";

@@ -163,8 +163,7 @@ impl BuildError {
 
     /// As [`BuildError::locate`], re-reading `file`; an unreadable file gives line 1, column 1.
     pub fn locate_in(&self, config: &Config, file: &Path) -> ConfigError {
-        let text = config::read(file).unwrap_or_default();
-        self.locate(config, file, &text)
+        config::locate_in(file, &self.key_path(config), crate::error_chain(self))
     }
 
     /// The key path, in `config`, of the value this error refuses; a name `config` does not

@@ -99,11 +99,9 @@ impl StartError {
         Some([Key("listeners"), Index(i), Key("bind")])
     }
 
-    /// This error as [`StartError::BindAt`], positioned at `key` in the config file `file`
-    /// (re-read; an unreadable file gives line 1, column 1).
+    /// This error as [`StartError::BindAt`], positioned at `key` in the config file `file`.
     fn positioned(self, file: &std::path::Path, key: &[config::Seg<'_>]) -> StartError {
-        let text = config::read(file).unwrap_or_default();
-        StartError::BindAt(config::locate(file, &text, key, error_chain(&self)))
+        StartError::BindAt(config::locate_in(file, key, error_chain(&self)))
     }
 }
 

@@ -325,6 +325,16 @@ pub(crate) fn locate(
     ConfigError::new(path, Locator::new(text).find(key_path), message)
 }
 
+/// As [`locate`], reading the text from `path`; an unreadable file gives line 1, column 1.
+pub(crate) fn locate_in(
+    path: &Path,
+    key_path: &[Seg<'_>],
+    message: impl Into<String>,
+) -> ConfigError {
+    let text = read(path).unwrap_or_default();
+    locate(path, &text, key_path, message)
+}
+
 /// Positions a serde error and drops the " at line L column C" its message repeats. serde
 /// places a duplicate key at the start of its mapping: it is moved to the second
 /// occurrence of the key in `text`, the text serde read.

@@ -100,20 +100,21 @@ pub(crate) async fn attempts(
             tracing::debug!(pool = %pool.name, upstream = %upstream.id, attempt, "retrying on another upstream");
         }
         let in_flight = upstream.start_request();
-        *latest = Some(upstream.clone());
+        // Kept for the caller (no clone: the attempt borrows it from there).
+        let upstream = &*latest.insert(upstream);
         // After a reset or a 502/503 this request may go out again.
         let may_resend = replayable && attempt + 1 < attempts;
         let result = if pool.protocol == Protocol::Http1
             && !request.headers().contains_key(http::header::UPGRADE)
         {
-            exchange_h1(&upstream, pool, request).await
+            exchange_h1(upstream, pool, request).await
         } else {
             let sent = if may_resend {
                 Box::new(copy_head(request))
             } else {
                 req.take().expect("checked at the top of the loop")
             };
-            exchange_hyper(&upstream, pool, sent)
+            exchange_hyper(upstream, pool, sent)
                 .await
                 .map(|(response, conn)| (response.map(UpstreamBody::Hyper), conn))
         };
@@ -121,7 +122,7 @@ pub(crate) async fn attempts(
             .as_ref()
             .ok()
             .map(|(response, _)| response.status().as_u16());
-        crate::metrics::record_attempt(&pool.name, &upstream, status);
+        crate::metrics::record_attempt(&pool.name, upstream, status);
         match result {
             Ok((response, conn)) => {
                 let forwarded = Forwarded {
@@ -131,7 +132,7 @@ pub(crate) async fn attempts(
                 };
                 let status = forwarded.response.status();
                 let failed = matches!(status.as_u16(), 502..=504);
-                pool.report_outcome(&upstream, failed.then(|| Reason::Status(status.as_u16())));
+                pool.report_outcome(upstream, failed.then(|| Reason::Status(status.as_u16())));
                 let retryable =
                     status == StatusCode::BAD_GATEWAY || status == StatusCode::SERVICE_UNAVAILABLE;
                 if retryable && may_resend {
@@ -142,7 +143,7 @@ pub(crate) async fn attempts(
             }
             Err(Failure::Connect(error, returned)) => {
                 tracing::debug!(upstream = %upstream.id, %error, "upstream connect failed");
-                pool.report_outcome(&upstream, Some(Reason::from_client_error(&error)));
+                pool.report_outcome(upstream, Some(Reason::from_client_error(&error)));
                 // Hyper's client gives back what it took; a copy is dropped, the original kept.
                 if req.is_none() {
                     req = returned;
@@ -154,7 +155,7 @@ pub(crate) async fn attempts(
                 let reason = Reason::from_client_error(&error);
                 let error = classify(error);
                 if matches!(error, ProxyError::UpstreamReset(_)) {
-                    pool.report_outcome(&upstream, Some(reason));
+                    pool.report_outcome(upstream, Some(reason));
                 }
                 let stop = !may_resend || !matches!(error, ProxyError::UpstreamReset(_));
                 last_error = Some(error);

@@ -81,7 +81,8 @@ pub enum ReloadError {
     /// `FILE:LINE:COL: message`.
     #[error("{0}")]
     Build(ConfigError),
-    /// A listener the new config adds could not be bound or is not supported.
+    /// A listener the new config adds could not be bound, where its `bind` was not found
+    /// in the file (otherwise the error is a positioned `Build`).
     #[error(transparent)]
     Listener(#[from] StartError),
     /// The file adds, removes or moves the admin API, which is bound once, at start.

@@ -94,19 +94,33 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// `--log-level`: a filter `tracing` accepts (a typo is a usage error, not silence).
+/// `--log-level`: levels and `TARGET=LEVEL` directives `tracing` accepts. A bare word that
+/// is not a level (`warning`, `inf`), which `tracing` would read as a target to trace, is
+/// refused: here it is a typo far more often than a target.
 fn parse_log_level(text: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let expected = "expected a level (off, error, warn, info, debug, trace) or TARGET=LEVEL \
+                    directives, like info or warn,switchyard=debug";
+    let typo = |directive: &str| {
+        !directive.contains(['=', '['])
+            && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+            && directive.parse::<u8>().is_err()
+    };
+    if text.split(',').any(|d| typo(d.trim())) {
+        return Err(format!("`{text}`: {expected}"));
+    }
     tracing_subscriber::EnvFilter::try_new(text)
         .map(|_| text.to_owned())
-        .map_err(|error| format!("{error} (expected e.g. info, debug, switchyard=trace)"))
+        .map_err(|error| format!("{error} ({expected})"))
 }
 
 fn init_tracing(level: &str) {
-    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let (filter, ignored) = match from_env
-        .as_deref()
-        .map(tracing_subscriber::EnvFilter::try_new)
-    {
+    let from_env = std::env::var_os("RUST_LOG").filter(|v| !v.is_empty());
+    let parsed = from_env.as_ref().map(|v| match v.to_str() {
+        Some(text) => tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string()),
+        None => Err("not UTF-8".to_owned()),
+    });
+    let (filter, ignored) = match parsed {
         Some(Ok(filter)) => (filter, None),
         Some(Err(error)) => (tracing_subscriber::EnvFilter::new(level), Some(error)),
         None => (tracing_subscriber::EnvFilter::new(level), None),

@@ -239,19 +239,45 @@ fn workers_is_auto_or_a_positive_number() {
 
 #[test]
 fn a_log_level_tracing_cannot_read_is_a_usage_error() {
+    for bad in ["bogus===", "warning", "inf", ""] {
+        let out = Command::new(BIN)
+            .args(["run", "--log-level", bad, "--config", "/nonexistent.yaml"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--log-level {bad:?}");
+        let want = format!("invalid value '{bad}' for '--log-level");
+        assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+    }
+    // What is accepted: levels and directives (the run then fails on the missing file).
+    for good in [
+        "WARN",
+        "info,switchyard=debug",
+        "switchyard::proxy=trace",
+        "3",
+    ] {
+        let out = Command::new(BIN)
+            .args(["run", "--log-level", good, "--config", "/nonexistent.yaml"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "--log-level {good:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn an_unreadable_rust_log_is_warned_about_and_the_flag_used() {
     let out = Command::new(BIN)
-        .args([
-            "run",
-            "--log-level",
-            "bogus===",
-            "--config",
-            "/nonexistent.yaml",
-        ])
+        .env("RUST_LOG", "x===")
+        .args(["run", "--config", "/nonexistent.yaml"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("invalid value 'bogus===' for '--log-level"),
+        stderr(&out).contains("RUST_LOG is not a valid filter; using --log-level"),
         "{}",
         stderr(&out)
     );

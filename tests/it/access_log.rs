@@ -94,6 +94,17 @@ async fn a_request_no_upstream_answered_is_logged_with_the_upstream_it_tried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_route_timeout_ends_is_logged_with_its_upstream() {
+    let slow = Backend::start("slow").await;
+    let (proxy, log) = proxy_logging_with("late", "all", "/", &slow, "    timeout: 200ms\n").await;
+    let mut client = Client::connect(proxy.addr).await;
+    assert_eq!(client.get("a", "/slow/3000").await.status, 504);
+    let lines = log_lines(&log, 1).await;
+    assert_eq!(lines[0]["status"], 504);
+    assert_eq!(lines[0]["upstream"], slow.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_are_logged_with_all_their_bytes() {
     let backend = Backend::start("b").await;
     let (proxy, log) = proxy_logging("large", "all", "/", &backend).await;
@@ -178,10 +189,21 @@ async fn proxy_logging(
     prefix: &str,
     backend: &Backend,
 ) -> (Proxy, AccessLog) {
+    proxy_logging_with(test, route, prefix, backend, "").await
+}
+
+/// As [`proxy_logging`], with `extra` lines in the route.
+async fn proxy_logging_with(
+    test: &str,
+    route: &str,
+    prefix: &str,
+    backend: &Backend,
+    extra: &str,
+) -> (Proxy, AccessLog) {
     let dir = TempDir::new(&format!("access-{test}"));
     let log = dir.join("access.log");
     let yaml = format!(
-        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\naccess_log: \"{}\"\nroutes:\n  - name: {route}\n    match: {{ path_prefix: \"{prefix}\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
+        "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\naccess_log: \"{}\"\nroutes:\n  - name: {route}\n    match: {{ path_prefix: \"{prefix}\" }}\n    pool: p\n{extra}pools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{}\" }}\n",
         log.display(),
         backend.addr
     );

@@ -35,6 +35,12 @@ fn run_with(path: &std::path::Path) -> Output {
         .unwrap()
 }
 
+/// `switchyard run FLAG VALUE --config /nonexistent.yaml`: how the command line takes a flag.
+fn run_flag(flag: &str, value: &str) -> Output {
+    let args = ["run", flag, value, "--config", "/nonexistent.yaml"];
+    Command::new(BIN).args(args).output().unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -224,10 +230,7 @@ fn run_names_the_bind_line_of_an_address_in_use() {
 #[test]
 fn workers_is_auto_or_a_positive_number() {
     for bad in ["0", "1.5", "many"] {
-        let out = Command::new(BIN)
-            .args(["run", "--workers", bad, "--config", "/nonexistent.yaml"])
-            .output()
-            .unwrap();
+        let out = run_flag("--workers", bad);
         assert_eq!(out.status.code(), Some(2), "--workers {bad}");
         assert!(
             stderr(&out).contains("expected `auto` or a number of at least 1"),
@@ -240,10 +243,7 @@ fn workers_is_auto_or_a_positive_number() {
 #[test]
 fn a_log_level_tracing_cannot_read_is_a_usage_error() {
     for bad in ["bogus===", "warning", "inf", ""] {
-        let out = Command::new(BIN)
-            .args(["run", "--log-level", bad, "--config", "/nonexistent.yaml"])
-            .output()
-            .unwrap();
+        let out = run_flag("--log-level", bad);
         assert_eq!(out.status.code(), Some(2), "--log-level {bad:?}");
         let want = format!("invalid value '{bad}' for '--log-level");
         assert!(stderr(&out).contains(&want), "{}", stderr(&out));
@@ -255,10 +255,7 @@ fn a_log_level_tracing_cannot_read_is_a_usage_error() {
         "switchyard::proxy=trace",
         "3",
     ] {
-        let out = Command::new(BIN)
-            .args(["run", "--log-level", good, "--config", "/nonexistent.yaml"])
-            .output()
-            .unwrap();
+        let out = run_flag("--log-level", good);
         assert_eq!(
             out.status.code(),
             Some(1),

@@ -78,7 +78,16 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// As `Bind`, positioned at the listener's `bind` in the config file:
+    /// The admin API's address could not be bound.
+    #[error("admin API: cannot bind {addr}")]
+    AdminBind {
+        /// Its configured address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// As `Bind` or `AdminBind`, positioned at the `bind` in the config file:
     /// `FILE:LINE:COL: message`.
     #[error("{0}")]
     BindAt(config::ConfigError),
@@ -314,8 +323,7 @@ fn start_admin(
         control,
         runtime: tokio::runtime::Handle::current(),
     };
-    admin::AdminServer::start(cfg.bind, state).map_err(|source| StartError::Bind {
-        name: "admin".to_owned(),
+    admin::AdminServer::start(cfg.bind, state).map_err(|source| StartError::AdminBind {
         addr: cfg.bind,
         source,
     })

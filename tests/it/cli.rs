@@ -223,7 +223,7 @@ fn run_names_the_bind_line_of_an_address_in_use() {
     let (_dir, path) = write_config("busy-admin.yaml", &text);
     let out = run_with(&path);
     assert_eq!(out.status.code(), Some(1));
-    let want = format!("busy-admin.yaml:14:9: listener \"admin\": cannot bind {addr}: ");
+    let want = format!("busy-admin.yaml:14:9: admin API: cannot bind {addr}: ");
     assert!(stderr(&out).contains(&want), "{}", stderr(&out));
 }
 

@@ -5,8 +5,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::file::Protocol;
+use super::file::{Protocol, MAX_WEIGHT};
 use super::locate::Pos;
+use super::validate::MAX_RETRIES;
 use crate::balance::StrategyKind;
 
 /// One problem in the config file, displayed as `FILE:LINE:COL: message`.
@@ -45,16 +46,21 @@ pub(super) fn in_config_terms(message: &str) -> String {
         "usize" => u128::try_from(usize::MAX).ok(),
         _ => None,
     };
+    let key = head
+        .split(": ")
+        .next()
+        .and_then(|path| path.rsplit('.').next())
+        .unwrap_or_default();
     let plain = match (max, wanted) {
-        (Some(max), _) => format!("an integer from 0 to {max}"),
-        (None, "path string") => "a file path".to_owned(),
-        (None, "a YAML tag starting with '!'") => {
-            let path = head.split(": ").next().unwrap_or_default();
-            match names(path.rsplit('.').next().unwrap_or_default()) {
-                Some(names) => names,
-                None => return message.to_owned(),
-            }
+        (Some(max), _) => {
+            let (min, max) = accepted_range(key, max);
+            format!("an integer from {min} to {max}")
         }
+        (None, "path string") => "a file path".to_owned(),
+        (None, "a YAML tag starting with '!'") => match names(key) {
+            Some(names) => names,
+            None => return message.to_owned(),
+        },
         (None, _) => match wanted.strip_prefix("struct ") {
             Some(name) if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()) => {
                 "a mapping".to_owned()
@@ -63,6 +69,20 @@ pub(super) fn in_config_terms(message: &str) -> String {
         },
     };
     format!("{head}{EXPECTED}{plain}")
+}
+
+/// The integers validation accepts for `key`, so that a value of the wrong type is told
+/// the same range as one out of it; `type_max` is the largest its Rust type holds.
+fn accepted_range(key: &str, type_max: u128) -> (u128, u128) {
+    match key {
+        "weight" => (1, MAX_WEIGHT.into()),
+        "retries" => (0, MAX_RETRIES.into()),
+        "max_connections"
+        | "healthy_threshold"
+        | "unhealthy_threshold"
+        | "consecutive_failures" => (1, type_max),
+        _ => (0, type_max),
+    }
 }
 
 /// The names an enum key accepts, as serde lists them for an unknown one, so the list

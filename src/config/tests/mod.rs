@@ -591,7 +591,7 @@ fn expected_types_are_named_in_config_terms() {
         "{ addr: \"10.0.0.1:80\" }",
         "addr: \"10.0.0.1:80\"\n        weight: -3",
     );
-    let want = "pools[0].upstreams[0].weight: invalid type: integer `-3`, expected an integer from 0 to 4294967295";
+    let want = "pools[0].upstreams[0].weight: invalid type: integer `-3`, expected an integer from 1 to 10000";
     assert_eq!(errors(&weight)[0].message, want);
     let connections = BASE.replace(
         "    bind: \"127.0.0.1:8080\"\n",
@@ -602,9 +602,13 @@ fn expected_types_are_named_in_config_terms() {
         &connections,
         4,
         32,
-        &format!("max_connections: invalid type: string \"x\", expected an integer from 0 to {usize_max}"),
+        &format!("max_connections: invalid type: string \"x\", expected an integer from 1 to {usize_max}"),
     );
     for (yaml, want) in [
+        (
+            BASE.replace("    pool: api\n", "    pool: api\n    retries: -1\n"),
+            "routes[0].retries: invalid type: integer `-1`, expected an integer from 0 to 10",
+        ),
         (
             format!("admin: 5\n{BASE}"),
             "admin: invalid type: integer `5`, expected a mapping",

@@ -1,0 +1,244 @@
+//! serde's pass over the config text, going on past the errors it can step over, so that
+//! `switchyard check` lists every error of a file rather than its first: a line whose key or
+//! value serde refuses is commented out (positions stay), a required key whose value was
+//! taken out gets a stand-in value, and the text is parsed again.
+
+use std::path::Path;
+
+use super::error::{self, ConfigError, ConfigErrors};
+use super::locate::{Locator, Pos};
+use super::Config;
+
+/// How many errors of the serde pass one file reports at most.
+const MAX_SERDE_ERRORS: usize = 20;
+
+/// serde's pass over the file, going on past its first error where that is safe: an unknown
+/// key or a bad value on a plain `key: value` line (a scalar, or a flow collection that
+/// closes on that line) is reported, the line is commented out (so every position stays),
+/// and the text is parsed again; when serde then finds the key missing, a stand-in value
+/// ([`STAND_INS`]) takes the line instead. Any other error (YAML syntax, a missing field,
+/// a list item, a block value, a flow value over several lines) ends the pass. Returns the
+/// config of the last text if it parsed, the errors, and the lines of the mappings that
+/// lost a line for a value (their semantic errors may be caused by the default or
+/// stand-in that replaced it).
+pub(super) fn deserialize(
+    path: &Path,
+    text: &str,
+) -> (
+    Option<Config>,
+    Vec<ConfigError>,
+    Vec<std::ops::RangeInclusive<usize>>,
+) {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    // YAML breaks lines at these too, and `lines()` does not: positions would not match.
+    let odd_breaks = text
+        .replace("\r\n", "\n")
+        .contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']);
+    let mut errors = Vec::new();
+    let mut repaired = Vec::new();
+    let mut removed: Vec<TakenOut> = Vec::new();
+    let mut current = std::borrow::Cow::Borrowed(text);
+    loop {
+        let err = match serde_yaml_ng::from_str::<Config>(&current) {
+            Ok(config) => return (Some(config), errors, repaired),
+            Err(err) => err,
+        };
+        let message = err.to_string();
+        if let Some(i) = taken_out_required(&removed, &err) {
+            // Only missing because its bad value was taken out, which is already reported:
+            // a stand-in value lets serde read the rest of the file. Not for a `name`, which
+            // other mappings refer to: its stand-in would show up in their errors.
+            let taken = removed.swap_remove(i);
+            if taken.key == "name" || !stand_in(&mut lines, &taken) {
+                return (None, errors, repaired);
+            }
+            current = std::borrow::Cow::Owned(lines.join("\n"));
+            continue;
+        }
+        if removed
+            .iter()
+            .any(|t| missing_key(&message) == Some(t.key.as_str()))
+        {
+            // Missing, it seems, because a line was taken out, though not found in that
+            // line's mapping (an unusual indentation): stop rather than report it.
+            return (None, errors, repaired);
+        }
+        errors.extend(serde_error(path, &current, &err));
+        let removable = err.location().map(|l| l.line()).zip(error_key(&message));
+        let removable = removable.filter(|&(l, key)| {
+            errors.len() < MAX_SERDE_ERRORS
+                && !odd_breaks
+                && l >= 1
+                && plain_key_line(&lines, l - 1, key)
+        });
+        let Some((line, key)) = removable else {
+            return (None, errors, repaired);
+        };
+        // An unknown key meant nothing; a bad value's key now takes its default (or a
+        // stand-in), which other keys of its mapping may not agree with.
+        let mapping = enclosing_mapping(&lines, line - 1);
+        if !message.contains("unknown field") {
+            repaired.push(mapping.clone());
+        }
+        removed.push(TakenOut {
+            line,
+            key: key.to_owned(),
+            indent: lines[line - 1].len() - lines[line - 1].trim_start_matches(' ').len(),
+            mapping,
+        });
+        lines[line - 1].insert(0, '#');
+        let next = lines.join("\n");
+        if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&next).is_err() {
+            // The line was part of something larger (a flow collection, a multi-line
+            // scalar): without it the text is not YAML, and what serde said next would be
+            // about that.
+            return (None, errors, repaired);
+        }
+        current = std::borrow::Cow::Owned(next);
+    }
+}
+
+/// A `key: value` line [`deserialize`] commented out.
+struct TakenOut {
+    /// 1-based line.
+    line: usize,
+    key: String,
+    /// Spaces before the key.
+    indent: usize,
+    /// The lines of the mapping it was in.
+    mapping: std::ops::RangeInclusive<usize>,
+}
+
+/// Values for a required key whose bad value was taken out, tried in turn until serde
+/// takes one. Required keys (but `name`, see [`deserialize`]) hold file paths and
+/// addresses (any string; a `bind` wants host:port, and port 0 overlaps no other bind) or
+/// lists (`certificates`, `endpoints`). The value is never used: the file has an error,
+/// and the rules of the mapping it is in are not checked.
+const STAND_INS: [&str; 2] = ["\"127.0.0.1:0\"", "[]"];
+
+/// The key a "missing field" error names.
+fn missing_key(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once("missing field `")?;
+    rest.split('`').next()
+}
+
+/// Which line in `removed`, if any, `err` says is missing: a "missing field" error for its
+/// key, positioned at the start of the mapping the line was in.
+fn taken_out_required(removed: &[TakenOut], err: &serde_yaml_ng::Error) -> Option<usize> {
+    let message = err.to_string();
+    let key = missing_key(&message)?;
+    let at = err.location()?.line();
+    removed
+        .iter()
+        .rposition(|t| t.key == key && t.mapping.contains(&at))
+}
+
+/// Puts the key `taken` removed back in `lines` with the first of [`STAND_INS`] serde
+/// accepts for it; false (the line left changed) when it accepts none.
+fn stand_in(lines: &mut [String], taken: &TakenOut) -> bool {
+    let indent = " ".repeat(taken.indent);
+    STAND_INS.iter().any(|value| {
+        lines[taken.line - 1] = format!("{indent}{}: {value}", taken.key);
+        match serde_yaml_ng::from_str::<Config>(&lines.join("\n")) {
+            Ok(_) => true,
+            Err(err) => {
+                let here = err.location().is_some_and(|l| l.line() == taken.line);
+                !(here && error_key(&err.to_string()) == Some(taken.key.as_str()))
+            }
+        }
+    })
+}
+
+/// The key a serde error is about: the field it names as unknown, or the last key of its
+/// path (`routes[1].timeout: invalid duration ...`); `None` for a list item or no path.
+fn error_key(message: &str) -> Option<&str> {
+    if let Some((_, rest)) = message.split_once("unknown field `") {
+        return rest.split('`').next();
+    }
+    let (path, _) = message.split_once(": ")?;
+    let last = path.rsplit('.').next()?;
+    let plain = !last.is_empty() && !last.contains([' ', '[', ']', '`']);
+    plain.then_some(last)
+}
+
+/// Whether line `i` is `key: scalar` for this `key`, inside a mapping (no list item, no
+/// block value, no flow value that goes on past the line), so that commenting it out
+/// removes that key alone. A one-line flow value (`extra: {}`, `listners: []`) is as
+/// safe to take out as a scalar.
+fn plain_key_line(lines: &[String], i: usize, key: &str) -> bool {
+    let Some(line) = lines.get(i) else {
+        return false;
+    };
+    let body = line.trim_start_matches(' ');
+    let Some((line_key, value)) = body.split_once(':') else {
+        return false;
+    };
+    let value = value.trim();
+    let indent = line.len() - body.len();
+    let block_follows = lines[i + 1..]
+        .iter()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .is_some_and(|next| next.len() - next.trim_start_matches(' ').len() > indent);
+    !body.starts_with(['-', '#'])
+        && line_key == key
+        && !value.is_empty()
+        && (!value.starts_with(['{', '[']) || one_line_flow(value))
+        && !value.starts_with(['|', '>', '&', '*', '!'])
+        && !block_follows
+}
+
+/// Whether `value`, a flow collection, closes on its own line: alone, it is whole YAML.
+fn one_line_flow(value: &str) -> bool {
+    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(value).is_ok()
+}
+
+/// The lines (1-based) of the mapping line `i` belongs to: its neighbours at the same
+/// indentation, up to the list item that opens it.
+fn enclosing_mapping(lines: &[String], i: usize) -> std::ops::RangeInclusive<usize> {
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let own = indent(&lines[i]);
+    if own == 0 {
+        // A top-level scalar: no rule ties it to another key.
+        return i + 1..=i + 1;
+    }
+    let in_mapping =
+        |l: &String| l.trim().is_empty() || l.trim_start().starts_with('#') || indent(l) >= own;
+    let mut first = i;
+    while first > 0 && in_mapping(&lines[first - 1]) && !lines[first].trim_start().starts_with("- ")
+    {
+        first -= 1;
+    }
+    if first > 0 && !lines[first].trim_start().starts_with("- ") {
+        let above = &lines[first - 1];
+        if above.trim_start().starts_with("- ") && indent(above) + 2 == own {
+            first -= 1;
+        }
+    }
+    let mut last = i;
+    while last + 1 < lines.len() && in_mapping(&lines[last + 1]) {
+        last += 1;
+    }
+    first + 1..=last + 1
+}
+
+/// Positions a serde error and drops the " at line L column C" its message repeats. serde
+/// places a duplicate key at the start of its mapping: it is moved to the second
+/// occurrence of the key in `text`, the text serde read.
+fn serde_error(path: &Path, text: &str, err: &serde_yaml_ng::Error) -> ConfigErrors {
+    let message = err.to_string();
+    let error = match err.location() {
+        Some(loc) => {
+            let (line, col) = (loc.line(), loc.column());
+            let message = message.replacen(&format!(" at line {line} column {col}"), "", 1);
+            let message = error::in_config_terms(&message);
+            let mut pos = Pos { line, col };
+            if let Some((_, rest)) = message.split_once("duplicate field `") {
+                let key = rest.split('`').next().unwrap_or_default();
+                pos = Locator::new(text).second_key(pos, key).unwrap_or(pos);
+            }
+            ConfigError::new(path, pos, message)
+        }
+        None => ConfigError::new(path, Pos::START, error::in_config_terms(&message)),
+    };
+    error.into()
+}

@@ -12,15 +12,21 @@ use super::Config;
 /// How many errors of the serde pass one file reports at most.
 const MAX_SERDE_ERRORS: usize = 20;
 
-/// serde's pass over the file, going on past its first error where that is safe: an unknown
-/// key or a bad value on a plain `key: value` line (a scalar, or a flow collection that
-/// closes on that line) is reported, the line is commented out (so every position stays),
-/// and the text is parsed again; when serde then finds the key missing, a stand-in value
-/// ([`STAND_INS`]) takes the line instead. Any other error (YAML syntax, a missing field,
-/// a list item, a block value, a flow value over several lines) ends the pass. Returns the
-/// config of the last text if it parsed, the errors, and the lines of the mappings that
-/// lost a line for a value (their semantic errors may be caused by the default or
-/// stand-in that replaced it).
+/// serde's pass over the file, going on past its first error where that is safe:
+/// - an unknown key or a bad value on a plain `key: value` line (a scalar, or a flow
+///   collection that closes on that line) is reported and the line commented out (so every
+///   position stays); when serde then finds the key missing, a stand-in value
+///   ([`STAND_INS`]) takes the line instead;
+/// - a required key that is missing (but a `name`) is reported and a line with a stand-in
+///   value put in its mapping, the positions of the lines below kept as they were in the
+///   file ([`Edits`]);
+/// - a duplicate key on a plain line is reported and its second occurrence commented out.
+///
+/// Then the text is parsed again. Any other error (YAML syntax, a list item, a block value,
+/// a flow value over several lines, a flow mapping without a required key) ends the pass.
+/// Returns the config of the last text if it parsed, the errors, and the lines of the
+/// mappings that lost a line for a value or got a stand-in (their semantic errors may be
+/// caused by the default or stand-in that replaced it).
 pub(super) fn deserialize(
     path: &Path,
     text: &str,
@@ -29,14 +35,17 @@ pub(super) fn deserialize(
     Vec<ConfigError>,
     Vec<std::ops::RangeInclusive<usize>>,
 ) {
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut edits = Edits {
+        lines: text.lines().map(str::to_owned).collect(),
+        inserted: Vec::new(),
+        removed: Vec::new(),
+    };
     // YAML breaks lines at these too, and `lines()` does not: positions would not match.
     let odd_breaks = text
         .replace("\r\n", "\n")
         .contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']);
     let mut errors = Vec::new();
     let mut repaired = Vec::new();
-    let mut removed: Vec<TakenOut> = Vec::new();
     let mut current = std::borrow::Cow::Borrowed(text);
     loop {
         let err = match serde_yaml_ng::from_str::<Config>(&current) {
@@ -44,50 +53,64 @@ pub(super) fn deserialize(
             Err(err) => err,
         };
         let message = err.to_string();
-        if let Some(i) = taken_out_required(&removed, &err) {
+        if let Some(i) = taken_out_required(&edits.removed, &err) {
             // Only missing because its bad value was taken out, which is already reported:
             // a stand-in value lets serde read the rest of the file. Not for a `name`, which
             // other mappings refer to: its stand-in would show up in their errors.
-            let taken = removed.swap_remove(i);
-            if taken.key == "name" || !stand_in(&mut lines, &taken) {
+            let taken = edits.removed.swap_remove(i);
+            if taken.key == "name" || !stand_in(&mut edits.lines, &taken) {
                 return (None, errors, repaired);
             }
-            current = std::borrow::Cow::Owned(lines.join("\n"));
+            current = std::borrow::Cow::Owned(edits.lines.join("\n"));
             continue;
         }
-        if removed
+        let missing = missing_key(&message);
+        if edits
+            .removed
             .iter()
-            .any(|t| missing_key(&message) == Some(t.key.as_str()))
+            .any(|t| missing == Some(t.key.as_str()))
         {
             // Missing, it seems, because a line was taken out, though not found in that
             // line's mapping (an unusual indentation): stop rather than report it.
             return (None, errors, repaired);
         }
-        errors.extend(serde_error(path, &current, &err));
-        let removable = err.location().map(|l| l.line()).zip(error_key(&message));
-        let removable = removable.filter(|&(l, key)| {
-            errors.len() < MAX_SERDE_ERRORS
-                && !odd_breaks
-                && l >= 1
-                && plain_key_line(&lines, l - 1, key)
+        // Positioned in the text serde read; reported as in the file.
+        let found: Vec<ConfigError> = serde_error(path, &current, &err).into_iter().collect();
+        let at = found.first().map(|e| Pos {
+            line: e.line,
+            col: e.col,
         });
-        let Some((line, key)) = removable else {
+        errors.extend(found.into_iter().map(|mut e| {
+            e.line = edits.in_file(e.line);
+            e
+        }));
+        let Some(at) = at.filter(|_| errors.len() < MAX_SERDE_ERRORS && !odd_breaks) else {
             return (None, errors, repaired);
         };
-        // An unknown key meant nothing; a bad value's key now takes its default (or a
-        // stand-in), which other keys of its mapping may not agree with.
-        let mapping = enclosing_mapping(&lines, line - 1);
-        if !message.contains("unknown field") {
-            repaired.push(mapping.clone());
+        let stepped = if let Some(key) = missing {
+            edits
+                .put_in(&err, key)
+                .map(|mapping| repaired.push(mapping))
+        } else if let Some((_, rest)) = message.split_once("duplicate field `") {
+            let key = rest.split('`').next().unwrap_or_default();
+            edits.drop_duplicate(at.line, key)
+        } else {
+            let removable = err.location().map(|l| l.line()).zip(error_key(&message));
+            let removable =
+                removable.filter(|&(l, key)| l >= 1 && plain_key_line(&edits.lines, l - 1, key));
+            removable.map(|(line, key)| {
+                // An unknown key meant nothing; a bad value's key now takes its default (or
+                // a stand-in), which other keys of its mapping may not agree with.
+                let mapping = edits.take_out(line, key);
+                if !message.contains("unknown field") {
+                    repaired.push(mapping);
+                }
+            })
+        };
+        if stepped.is_none() {
+            return (None, errors, repaired);
         }
-        removed.push(TakenOut {
-            line,
-            key: key.to_owned(),
-            indent: lines[line - 1].len() - lines[line - 1].trim_start_matches(' ').len(),
-            mapping,
-        });
-        lines[line - 1].insert(0, '#');
-        let next = lines.join("\n");
+        let next = edits.lines.join("\n");
         if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&next).is_err() {
             // The line was part of something larger (a flow collection, a multi-line
             // scalar): without it the text is not YAML, and what serde said next would be
@@ -96,6 +119,126 @@ pub(super) fn deserialize(
         }
         current = std::borrow::Cow::Owned(next);
     }
+}
+
+/// The text [`deserialize`] gives serde, as it changed it, and the way back to the file's
+/// line numbers.
+struct Edits {
+    /// The lines of the text, with lines commented out and lines put in.
+    lines: Vec<String>,
+    /// Lines (1-based, in `lines`) that stand for the same line of the file as the line
+    /// above them: each line put in adds one, so the lines below keep their file numbers.
+    inserted: Vec<usize>,
+    /// The lines commented out for a bad value, whose key may turn out required.
+    removed: Vec<TakenOut>,
+}
+
+impl Edits {
+    /// The file's line number of line `line` of the edited text.
+    fn in_file(&self, line: usize) -> usize {
+        line - self.inserted.iter().filter(|&&i| i <= line).count()
+    }
+
+    /// The lines of a mapping in the edited text, as lines of the file.
+    fn range_in_file(
+        &self,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> std::ops::RangeInclusive<usize> {
+        self.in_file(*range.start())..=self.in_file(*range.end())
+    }
+
+    /// Comments out line `line` (1-based), whose `key` serde refused; the lines of its
+    /// mapping, as lines of the file.
+    fn take_out(&mut self, line: usize, key: &str) -> std::ops::RangeInclusive<usize> {
+        let mapping = enclosing_mapping(&self.lines, line - 1);
+        self.removed.push(TakenOut {
+            line,
+            key: key.to_owned(),
+            indent: indent(&self.lines[line - 1]),
+            mapping: mapping.clone(),
+        });
+        self.lines[line - 1].insert(0, '#');
+        self.range_in_file(mapping)
+    }
+
+    /// Comments out the second occurrence of `key`, at line `line`, when it is a plain
+    /// `key: value` line; the first occurrence stays.
+    fn drop_duplicate(&mut self, line: usize, key: &str) -> Option<()> {
+        (line >= 1 && plain_key_line(&self.lines, line - 1, key)).then(|| {
+            self.lines[line - 1].insert(0, '#');
+        })
+    }
+
+    /// Puts `key: STAND-IN` at the start of the block mapping serde found it missing from
+    /// (serde places the error at the mapping's first key), for the first of [`STAND_INS`]
+    /// serde takes; the lines of that mapping, as lines of the file. A list item's dash
+    /// moves to the new line, so the item's first line keeps its columns. `None` (nothing
+    /// changed) for a `name` (see [`deserialize`]), a flow mapping, or no stand-in taken.
+    fn put_in(
+        &mut self,
+        err: &serde_yaml_ng::Error,
+        key: &str,
+    ) -> Option<std::ops::RangeInclusive<usize>> {
+        let at = err.location()?;
+        let (line, col) = (at.line(), at.column());
+        if key == "name" || line == 0 || col == 0 {
+            return None;
+        }
+        let first = self.lines.get(line - 1)?;
+        let split = first.char_indices().nth(col - 1).map(|(i, _)| i)?;
+        let (prefix, rest) = first.split_at(split);
+        let dash = match prefix.trim() {
+            "" => false,
+            "-" => true,
+            _ => return None,
+        };
+        if rest.starts_with(['{', '[', '#']) {
+            return None;
+        }
+        let spaces = " ".repeat(prefix.chars().count());
+        let (opening, moved) = match dash {
+            true => (prefix.to_owned(), format!("{spaces}{rest}")),
+            false => (spaces, first.clone()),
+        };
+        let value = STAND_INS.iter().find(|value| {
+            let mut lines = self.lines.clone();
+            lines[line - 1] = format!("{opening}{key}: {value}");
+            lines.insert(line, moved.clone());
+            let text = lines.join("\n");
+            match serde_yaml_ng::from_str::<Config>(&text) {
+                Ok(_) => true,
+                Err(next) => {
+                    let message = next.to_string();
+                    let same_place = next
+                        .location()
+                        .is_some_and(|l| (l.line(), l.column()) == (line, col));
+                    let here = next.location().is_some_and(|l| l.line() == line);
+                    let refused = here && error_key(&message) == Some(key);
+                    let still_missing = same_place && missing_key(&message) == Some(key);
+                    !refused
+                        && !still_missing
+                        && serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).is_ok()
+                }
+            }
+        })?;
+        for i in &mut self.inserted {
+            *i += usize::from(*i >= line);
+        }
+        for taken in &mut self.removed {
+            let shift = |n: usize| n + usize::from(n >= line);
+            taken.line = shift(taken.line);
+            taken.mapping = shift(*taken.mapping.start())..=shift(*taken.mapping.end());
+        }
+        self.lines[line - 1] = format!("{opening}{key}: {value}");
+        self.lines.insert(line, moved);
+        self.inserted.push(line + 1);
+        Some(self.range_in_file(enclosing_mapping(&self.lines, line - 1)))
+    }
+}
+
+/// The spaces before a line's first other character.
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
 }
 
 /// A `key: value` line [`deserialize`] commented out.

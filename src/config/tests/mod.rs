@@ -509,8 +509,9 @@ pools:
 }
 
 #[test]
-fn a_key_that_is_really_missing_is_still_reported() {
-    // A bad `bind` taken out in one listener; the other has no `bind` at all.
+fn a_key_that_is_really_missing_is_reported_and_the_listing_goes_on() {
+    // A bad `bind` taken out in one listener; the other has no `bind` at all. Both get a
+    // stand-in, so the rules that span the file are checked too.
     let yaml = "\
 listeners:
   - name: a
@@ -521,11 +522,100 @@ routes:
     pool: p
 ";
     let all = errors(yaml);
-    assert_eq!(positions(yaml), [(3, 11), (4, 5)], "{all:#?}");
+    assert_eq!(positions(yaml), [(3, 11), (4, 5), (7, 11)], "{all:#?}");
     assert!(
         all[1]
             .message
             .contains("listeners[1]: missing field `bind`"),
+        "{all:#?}"
+    );
+    assert!(all[2].message.contains("unknown pool \"p\""), "{all:#?}");
+}
+
+#[test]
+fn errors_after_missing_keys_keep_their_file_positions() {
+    // A stand-in line is put in for each missing key (a list item's, a plain mapping's);
+    // every later error is still placed on its line of the file, the rules that span the
+    // file included.
+    let yaml = "\
+listeners:
+  - name: p
+  - name: q
+    limits:
+      idle_timeout: 5
+admin:
+  token: t
+routes:
+  - name: r
+    pool: nope
+pools:
+  - name: p
+    upstreams:
+      - { addr: \"127.0.0.1:9001\", weight: 0 }
+workers: 0
+";
+    let all = errors(yaml);
+    assert_eq!(
+        positions(yaml),
+        [
+            (2, 5),
+            (3, 5),
+            (5, 21),
+            (7, 3),
+            (10, 11),
+            (14, 43),
+            (15, 10)
+        ],
+        "{all:#?}"
+    );
+    for (error, want) in all.iter().zip([
+        "listeners[0]: missing field `bind`",
+        "listeners[1]: missing field `bind`",
+        "idle_timeout: invalid duration",
+        "admin: missing field `bind`",
+        "unknown pool \"nope\"",
+        "weight 0 is out of range",
+        "workers",
+    ]) {
+        assert!(error.message.contains(want), "{want:?} in {all:#?}");
+    }
+    assert!(
+        all.iter().all(|e| !e.message.contains("127.0.0.1:0")),
+        "a stand-in showed: {all:#?}"
+    );
+}
+
+#[test]
+fn a_missing_key_in_a_flow_mapping_ends_the_listing() {
+    // No block line can go into `{ ... }`: the listing stops at what it found so far.
+    let yaml = "\
+listeners:
+  - { name: a }
+routes:
+  - name: r
+    pool: nope
+";
+    let all = errors(yaml);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(all[0].message.contains("missing field"), "{all:#?}");
+}
+
+#[test]
+fn a_duplicate_key_is_reported_and_the_listing_goes_on() {
+    let yaml = "\
+listeners:
+  - name: a
+    bind: \"127.0.0.1:20122\"
+    bind: \"127.0.0.1:20123\"
+routes:
+  - name: r
+    pool: nope
+    retrys: 1
+";
+    let all = errors(yaml);
+    assert_eq!(positions(yaml), [(4, 5), (7, 11), (8, 5)], "{all:#?}");
+    assert!(
+        all[0].message.contains("duplicate field `bind`"),
         "{all:#?}"
     );
 }

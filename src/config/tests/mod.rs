@@ -721,3 +721,35 @@ fn expected_types_are_named_in_config_terms() {
         assert_eq!(message, want);
     }
 }
+
+#[test]
+fn any_line_dropped_or_doubled_gives_positioned_errors_and_no_stand_in() {
+    // Every way one line of a full file can go missing or come twice: the pass never
+    // panics, every error is on a line of the file, and no stand-in value shows.
+    let valid =
+        format!("{SPEC_SAMPLE}  - name: web\n    upstreams: [{{ addr: \"127.0.0.1:9001\" }}]\n");
+    let lines: Vec<&str> = valid.lines().collect();
+    for i in 0..lines.len() {
+        for doubled in [false, true] {
+            let mut edited = lines.clone();
+            if doubled {
+                edited.insert(i, lines[i]);
+            } else {
+                edited.remove(i);
+            }
+            let yaml = edited.join("\n") + "\n";
+            let Err(errors) = parse_str(&yaml) else {
+                continue;
+            };
+            for e in errors.iter() {
+                let line = edited.get(e.line.wrapping_sub(1));
+                assert!(
+                    line.is_some_and(|l| e.col <= l.chars().count() + 1) && e.col >= 1,
+                    "line {} ({doubled}): {e} is not on a line of:\n{yaml}",
+                    i + 1
+                );
+                assert!(!e.message.contains("127.0.0.1:0"), "{e} in:\n{yaml}");
+            }
+        }
+    }
+}

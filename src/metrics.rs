@@ -338,7 +338,7 @@ impl UpstreamMetrics {
 
 /// Records one attempt on `upstream`; `status` is `None` when no response came.
 pub fn record_attempt(pool: &str, upstream: &Upstream, status: Option<u16>) {
-    upstream.metrics.record(pool, &upstream.id, status);
+    upstream.metrics().record(pool, &upstream.id, status);
 }
 
 /// The series of one pool.

@@ -178,7 +178,11 @@ impl Registry {
             }
             existing => {
                 let created = existing.is_none();
-                let upstream = Arc::new(Upstream::new(addr, weight, Source::Registry));
+                // A renewal with a new weight keeps the instance's health and connections.
+                let upstream = match existing {
+                    Some(entry) => Upstream::reweighed(&entry.upstream, weight),
+                    None => Arc::new(Upstream::new(addr, weight, Source::Registry)),
+                };
                 entries.insert(
                     key.clone(),
                     Entry {

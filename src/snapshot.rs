@@ -5,11 +5,11 @@
 //! that `Arc` to its end, so a reload never tears a request (arc-swap's "consistent snapshots"
 //! pattern). Building a snapshot is all-or-nothing: [`Snapshot::build`] either returns a
 //! complete snapshot or an error, and only then is it stored. Upstreams that exist in the
-//! previous snapshot (same pool, address and weight) are reused, so their health, in-flight
-//! counts and pooled connections carry over. Hostname upstreams are resolved here (blocking:
-//! builds run on the blocking pool); on a reload, a hostname the running pool already had
-//! keeps its last good addresses when the resolver fails, and `discovery` re-resolves it
-//! from then on. [`Shared::store`] adds the discovered (etcd) and registered instances to the
+//! previous snapshot (same pool, address and source) are reused, or re-weighed sharing their
+//! state, so their health, in-flight counts and pooled connections carry over. Hostname
+//! upstreams are resolved here (blocking: builds run on the blocking pool); on a reload, a
+//! hostname the running pool already had keeps its last good addresses when the resolver
+//! fails, and `discovery` re-resolves it from then on. [`Shared::store`] adds the discovered (etcd) and registered instances to the
 //! new pools before the swap. Reload triggers live in `reload`; this module only builds and
 //! swaps.
 
@@ -162,11 +162,12 @@ impl Snapshot {
                 .and_then(|p| p.config.pools.iter().find(|c| c.name == cfg.name))
                 .is_some_and(|c| c.protocol == cfg.protocol && c.tls == cfg.tls);
             let reuse = |addr: SocketAddr, weight: u32, source: Source| {
+                // A new weight alone keeps the instance's state (`Upstream::reweighed`).
                 let reused = old.filter(|_| same_transport).and_then(|p| {
                     p.upstreams()
                         .iter()
-                        .find(|u| u.addr == addr && u.weight == weight && u.source == source)
-                        .cloned()
+                        .find(|u| u.addr == addr && u.source == source)
+                        .map(|u| Upstream::reweighed(u, weight))
                 });
                 reused.unwrap_or_else(|| Arc::new(Upstream::new(addr, weight, source)))
             };

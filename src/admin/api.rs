@@ -90,8 +90,8 @@ pub fn upstream_view(u: &Upstream) -> UpstreamView {
         last_change: health
             .last_change
             .map(|t| humantime::format_rfc3339_millis(t).to_string()),
-        requests: u.metrics.requests(),
-        errors: u.metrics.errors(),
+        requests: u.metrics().requests(),
+        errors: u.metrics().errors(),
         idle_connections: u.idle_connections(),
     }
 }

@@ -15,7 +15,8 @@
 //! Reloads: a new snapshot resolves its hostnames again while it is built (keeping the last
 //! good addresses of a hostname the running pool already had, see `snapshot`), and
 //! [`Discovery::apply`] (run by `Shared::store`, before the swap) gives the new pools the
-//! last known etcd instances of pools whose etcd settings did not change. After each swap
+//! last known etcd instances (when only a pool's etcd endpoints changed, until its new
+//! watcher has listed them). After each swap
 //! [`sync`] starts the tasks of new pools, restarts those whose settings changed, and stops
 //! those of removed pools. Every membership change is published on a `watch` channel
 //! ([`Discovery::subscribe`]) that the health checker follows, as it follows the registry.
@@ -137,20 +138,36 @@ impl Discovery {
         Discovery::default()
     }
 
-    /// Gives the pools of `snapshot` the last known etcd instances (pools whose etcd
-    /// settings did not change), forgets those of other pools, then runs `store`. Called by
-    /// `Shared::store`, so a task publishing at the same time lands in one snapshot or the other.
+    /// Gives the pools of `snapshot` the last known etcd instances, forgets those of pools
+    /// that no longer use etcd, then runs `store`. Called by `Shared::store`, so a task
+    /// publishing at the same time lands in one snapshot or the other.
+    ///
+    /// A pool whose etcd endpoints changed keeps its instances until the task that replaces
+    /// its watcher has listed them again, as Envoy keeps a cluster's hosts until a new
+    /// assignment arrives: dropping them at the swap would leave an etcd-only pool empty
+    /// (`503`) for the length of that first listing. A new prefix is another service: its
+    /// old instances go at once.
     pub fn apply(&self, snapshot: &Snapshot, store: impl FnOnce()) {
         let mut known = self.etcd_lock();
-        known.retain(|pool, k| {
-            let keep = etcd_config(snapshot, pool) == Some(&k.config);
-            if !keep {
+        known.retain(|pool, k| match etcd_config(snapshot, pool) {
+            Some(config) if *config == k.config => true,
+            Some(config) if config.prefix == k.config.prefix => {
                 tracing::info!(
                     pool,
-                    "etcd settings changed or pool removed: its instances are dropped"
+                    "etcd endpoints changed: its instances stay until the new watcher lists them"
                 );
+                // The old task can no longer publish (`set_etcd` checks the settings); the
+                // new one replaces these with its first listing.
+                k.config = config.clone();
+                true
             }
-            keep
+            _ => {
+                tracing::info!(
+                    pool,
+                    "pool removed, or its etcd prefix changed or is gone: its etcd instances are dropped"
+                );
+                false
+            }
         });
         for (name, k) in known.iter() {
             if let Some(pool) = snapshot.pool(name) {
@@ -322,8 +339,19 @@ fn start(
         }
         Spec::Etcd(config) => {
             tracing::info!(pool = %pool, endpoints = ?config.endpoints, prefix = %config.prefix, "etcd discovery started");
-            let task =
-                etcd::Watcher::new(weak, pool, config.clone(), failures.clone(), rounds.clone());
+            let known = shared
+                .discovery
+                .etcd_lock()
+                .get(&*pool)
+                .map(|k| k.upstreams.clone());
+            let task = etcd::Watcher::new(
+                weak,
+                pool,
+                config.clone(),
+                known.unwrap_or_default(),
+                failures.clone(),
+                rounds.clone(),
+            );
             runtime.spawn(task.run(cancel.clone()));
         }
     }

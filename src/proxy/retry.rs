@@ -203,7 +203,7 @@ async fn exchange_h1(
     req: &mut Request<RequestBody>,
 ) -> Result<(Response<UpstreamBody>, Connection), Failure> {
     let detached = || Connection::detached(upstream.clone());
-    let pooled = upstream.h1_idle.pop();
+    let pooled = upstream.state.h1_idle.pop();
     let reused = pooled.is_some();
     let conn = match pooled {
         Some(conn) => conn,

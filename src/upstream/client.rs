@@ -180,8 +180,8 @@ impl Connector {
     /// A pooled connection to `upstream` (idle HTTP/1.1 or the shared HTTP/2 one), or a new one.
     pub async fn checkout(&self, upstream: &Arc<Upstream>) -> Result<Connection, ClientError> {
         let pooled = match self.protocol {
-            Protocol::Http1 => upstream.idle.pop().map(Sender::Http1),
-            Protocol::H2 => upstream.h2.get().map(|s| self.h2_sender(s)),
+            Protocol::Http1 => upstream.state.idle.pop().map(Sender::Http1),
+            Protocol::H2 => upstream.state.h2.get().map(|s| self.h2_sender(s)),
         };
         match pooled {
             Some(sender) => Ok(Connection {
@@ -271,7 +271,7 @@ impl Connector {
                         tracing::debug!(upstream = %id, %error, "upstream h2 connection ended with an error");
                     }
                 });
-                upstream.h2.set(&sender);
+                upstream.state.h2.set(&sender);
                 Ok(self.h2_sender(sender))
             }
         }
@@ -398,14 +398,14 @@ impl Connection {
             return;
         }
         if sender.is_ready() {
-            upstream.idle.push(sender);
+            upstream.state.idle.push(sender);
             return;
         }
         // The request body is still being written, or hyper has not yet seen the exchange
         // end: wait for that here rather than in the next request's checkout.
         tokio::spawn(async move {
             if let Ok(Ok(())) = tokio::time::timeout(RELEASE_WAIT, sender.ready()).await {
-                upstream.idle.push(sender);
+                upstream.state.idle.push(sender);
             }
         });
     }

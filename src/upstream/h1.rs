@@ -813,7 +813,7 @@ impl Body {
         if let Some(mut conn) = self.conn.take() {
             if self.reusable && conn.rbuf.is_empty() {
                 conn.idle();
-                self.upstream.h1_idle.push(conn);
+                self.upstream.state.h1_idle.push(conn);
             }
         }
     }
@@ -1225,12 +1225,12 @@ mod tests {
         assert_eq!(response.version(), Version::HTTP_11);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "hello");
-        assert_eq!(up.h1_idle.len(), 1, "read to its end: pooled");
-        let conn = up.h1_idle.pop().unwrap();
+        assert_eq!(up.state.h1_idle.len(), 1, "read to its end: pooled");
+        let conn = up.state.h1_idle.pop().unwrap();
         let response = get(conn, Method::GET, &up).await.unwrap();
         assert_eq!(response.status(), 204);
         assert!(response.body().is_end_stream());
-        assert_eq!(up.h1_idle.len(), 1, "a bodyless answer pools at once");
+        assert_eq!(up.state.h1_idle.len(), 1, "a bodyless answer pools at once");
     }
 
     #[tokio::test]
@@ -1245,7 +1245,7 @@ mod tests {
         let collected = response.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-sum"], "9");
         assert_eq!(collected.to_bytes(), "hello");
-        assert_eq!(up.h1_idle.len(), 1);
+        assert_eq!(up.state.h1_idle.len(), 1);
     }
 
     #[tokio::test]
@@ -1259,7 +1259,12 @@ mod tests {
             let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert!(!body.is_empty());
-            assert_eq!(up.h1_idle.len(), 0, "{}", String::from_utf8_lossy(answer));
+            assert_eq!(
+                up.state.h1_idle.len(),
+                0,
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
         }
     }
 
@@ -1272,7 +1277,7 @@ mod tests {
         let response = get(connect(&up).await, Method::HEAD, &up).await.unwrap();
         assert_eq!(response.headers()["content-length"], "5");
         assert!(response.body().is_end_stream());
-        assert_eq!(up.h1_idle.len(), 1);
+        assert_eq!(up.state.h1_idle.len(), 1);
     }
 
     #[tokio::test]
@@ -1314,7 +1319,7 @@ mod tests {
         .await;
         let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
         assert!(response.into_body().collect().await.is_err());
-        assert_eq!(up.h1_idle.len(), 0);
+        assert_eq!(up.state.h1_idle.len(), 0);
     }
 
     #[tokio::test]
@@ -1348,10 +1353,11 @@ mod tests {
         .await;
         let response = get(connect(&up).await, Method::GET, &up).await.unwrap();
         assert!(response.body().is_end_stream());
-        assert_eq!(up.h1_idle.len(), 1);
+        assert_eq!(up.state.h1_idle.len(), 1);
         // The test upstream closes after its last answer.
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         while up
+            .state
             .h1_idle
             .list
             .lock()
@@ -1365,6 +1371,6 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        assert!(up.h1_idle.pop().is_none());
+        assert!(up.state.h1_idle.pop().is_none());
     }
 }

@@ -349,7 +349,7 @@ impl Health {
 impl Upstream {
     /// This upstream's health state right now.
     pub fn health(&self) -> HealthStatus {
-        self.health.status()
+        self.state.health.status()
     }
 
     /// Records one live attempt's outcome (`failure: None` = success) under `cfg`.
@@ -359,7 +359,7 @@ impl Upstream {
         cfg: &OutlierConfig,
         pool: &Arc<str>,
     ) {
-        let h = &self.health;
+        let h = &self.state.health;
         let Some(reason) = failure else {
             // Loads first, so the common case (nothing to reset) writes no shared cache line.
             if h.outlier_failures.load(Ordering::Relaxed) != 0 {
@@ -381,7 +381,7 @@ impl Upstream {
     }
 
     fn eject(self: &Arc<Self>, reason: Reason, duration: Duration, pool: &Arc<str>) {
-        let h = &self.health;
+        let h = &self.state.health;
         // Without a runtime no timer could end the ejection: better not to eject at all.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(pool = %pool, upstream = %self.id, "outlier ejection needs a tokio runtime; not ejecting");
@@ -412,7 +412,7 @@ impl Upstream {
     }
 
     fn end_ejection(&self, pool: &str) {
-        let h = &self.health;
+        let h = &self.state.health;
         h.outlier_failures.store(0, Ordering::Relaxed);
         h.returned.store(true, Ordering::Relaxed);
         h.state().last_change = Some(SystemTime::now());

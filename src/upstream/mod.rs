@@ -59,6 +59,12 @@ impl Source {
 }
 
 /// One instance of a service.
+///
+/// Its identity (address, source) and weight, and the state it has built up ([`State`]:
+/// health, in-flight count, pooled connections, counters). A change of weight alone makes
+/// a new `Upstream` that shares the old one's state ([`Upstream::with_weight`]): a reload
+/// or a registry renewal that only re-weighs an instance keeps its health verdict, its
+/// ejection and its connections, as Envoy and HAProxy do.
 #[derive(Debug)]
 pub struct Upstream {
     /// The socket address connections go to.
@@ -69,6 +75,13 @@ pub struct Upstream {
     pub weight: u32,
     /// Where this upstream came from.
     pub source: Source,
+    /// What it has built up, shared with the upstreams that re-weigh it.
+    pub(crate) state: Arc<State>,
+}
+
+/// What an upstream has built up while it served: kept across a change of its weight.
+#[derive(Debug, Default)]
+pub(crate) struct State {
     in_flight: AtomicU32,
     /// Active-check verdict and outlier ejection (see [`health`]).
     pub(crate) health: health::Health,
@@ -92,44 +105,69 @@ impl Upstream {
             id: Arc::from(addr.to_string()),
             weight,
             source,
-            in_flight: AtomicU32::new(0),
-            health: health::Health::default(),
-            idle: client::IdleConnections::default(),
-            h1_idle: h1::IdlePool::default(),
-            h2: client::SharedH2::default(),
-            metrics: crate::metrics::UpstreamMetrics::default(),
+            state: Arc::default(),
         }
+    }
+
+    /// This upstream with another weight, sharing its state.
+    pub fn with_weight(&self, weight: u32) -> Upstream {
+        Upstream {
+            addr: self.addr,
+            id: self.id.clone(),
+            weight,
+            source: self.source,
+            state: self.state.clone(),
+        }
+    }
+
+    /// `existing` when it has `weight`, else the same instance re-weighed (see
+    /// [`Upstream::with_weight`]).
+    pub fn reweighed(existing: &Arc<Upstream>, weight: u32) -> Arc<Upstream> {
+        match existing.weight == weight {
+            true => existing.clone(),
+            false => Arc::new(existing.with_weight(weight)),
+        }
+    }
+
+    /// Whether `self` and `other` are the same instance, whatever their weights.
+    pub fn same_instance(&self, other: &Upstream) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
+    /// Its attempt counters (`switchyard_upstream_requests_total`).
+    pub fn metrics(&self) -> &crate::metrics::UpstreamMetrics {
+        &self.state.metrics
     }
 
     /// Requests currently being served by this upstream.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.state.in_flight.load(Ordering::Relaxed)
     }
 
     /// Whether this upstream may take traffic now: active checks say healthy (or none run)
     /// and outlier detection has not ejected it.
     pub fn is_healthy(&self) -> bool {
-        self.health.may_serve()
+        self.state.health.may_serve()
     }
 
     /// Keep-alive connections to this upstream currently idle in its pool.
     pub fn idle_connections(&self) -> usize {
-        self.idle.len() + self.h1_idle.len()
+        self.state.idle.len() + self.state.h1_idle.len()
     }
 
     /// Whether this upstream has an open shared HTTP/2 connection.
     pub fn h2_connected(&self) -> bool {
-        self.h2.is_open()
+        self.state.h2.is_open()
     }
 
     /// Records an active-check verdict; returns true when it changed (pools then see it).
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.health.set_healthy(healthy)
+        self.state.health.set_healthy(healthy)
     }
 
     /// Counts a request as in flight until the guard is dropped.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 }
@@ -147,7 +185,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -224,7 +262,7 @@ impl Pool {
         let seed = previous.map_or(0x5157_1c4a_9d2e_0b31, |p| p.seed.load(Ordering::Relaxed));
         let epoch = previous.map_or_else(Default::default, |p| p.epoch.clone());
         for upstream in &upstreams {
-            upstream.health.join(&epoch);
+            upstream.state.health.join(&epoch);
         }
         let candidates = build_candidates(
             cfg.strategy,
@@ -318,7 +356,7 @@ impl Pool {
     /// members.
     pub fn set_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
         for upstream in &upstreams {
-            upstream.health.join(&self.epoch);
+            upstream.state.health.join(&self.epoch);
         }
         self.upstreams.store(Arc::new(upstreams));
         self.refresh();

@@ -356,8 +356,23 @@ async fn etcd_down_keeps_the_last_instances_and_a_reload_keeps_them_too() {
     );
     assert_eq!(client.get("x", "/").await.text(), "a");
 
+    // Other endpoints, the same prefix: the same service, reached another way. Its
+    // instances stay (still the same upstream) until the new watcher lists them; with etcd
+    // down, that is not yet. Audit A-F1: they were dropped, and the pool answered 503.
+    let moved = file_config(&etcd, dead, "3", "/svc/api/")
+        .replace(&format!("\"http://127.0.0.1:{dead}\", "), "");
+    assert!(!moved.contains(&dead.to_string()), "{moved}");
+    std::fs::write(&path, moved).unwrap();
+    server.reloader().reload(Trigger::Signal).await.unwrap();
+    let kept = discovered().expect("still a member");
+    assert!(
+        kept.same_instance(&upstream),
+        "state kept across the endpoint change"
+    );
+    assert_eq!(client.get("x", "/").await.text(), "a");
+
     // A new prefix is another service: the old instances go, the new watcher starts empty.
-    std::fs::write(&path, file_config(&etcd, dead, "3", "/svc/other/")).unwrap();
+    std::fs::write(&path, file_config(&etcd, dead, "4", "/svc/other/")).unwrap();
     server.reloader().reload(Trigger::Signal).await.unwrap();
     assert!(discovered().is_none());
     assert_eq!(

@@ -374,6 +374,52 @@ async fn an_unchanged_upstream_keeps_its_health_and_connections_across_a_reload(
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_weight_alone_keeps_the_upstreams_health_and_connections() {
+    // Audit A-F2: a reload that only re-weighed an upstream made a new one, healthy and
+    // without connections: an instance its checks had failed took traffic again.
+    let (a, b) = (Backend::failing("a", 500).await, Backend::start("b").await);
+    let dir = TempDir::new("reweigh");
+    let path = dir.join("proxy.yaml");
+    let pool = |tag: &str, weight: u32| {
+        format!(
+            "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\naccess_log: off\nroutes:\n  - name: r-{tag}\n    pool: p\npools:\n  - name: p\n    strategy: weighted\n    health_check: {{ path: /, interval: 50ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n    upstreams:\n      - {{ addr: \"{}\", weight: {weight} }}\n      - {{ addr: \"{}\", weight: {weight} }}\n",
+            a.addr, b.addr
+        )
+    };
+    std::fs::write(&path, pool("1", 1)).unwrap();
+    let (server, addr) = start(&path, false).await;
+    let ups = server.shared().snapshot().pool("p").unwrap().upstreams();
+    let (up_a, up_b) = (ups[0].clone(), ups[1].clone());
+    support::eventually("a failed its checks", || !up_a.is_healthy()).await;
+    let mut client = Client::connect(addr).await;
+    assert_eq!(client.get("x", "/").await.text(), "b");
+    support::eventually("a pooled connection to b", || up_b.idle_connections() == 1).await;
+
+    std::fs::write(&path, pool("2", 5)).unwrap();
+    assert_eq!(server.reloader().reload(Trigger::Signal).await.unwrap(), 2);
+    let ups = server.shared().snapshot().pool("p").unwrap().upstreams();
+    assert_eq!((ups[0].weight, ups[1].weight), (5, 5));
+    assert!(ups[0].same_instance(&up_a) && ups[1].same_instance(&up_b));
+    assert!(
+        !ups[0].is_healthy(),
+        "a is still out: {:?}",
+        ups[0].health()
+    );
+    assert_eq!(ups[1].idle_connections(), 1, "b's pooled connection stays");
+    // Its checks go on (the same task: no fresh first verdict lets it in meanwhile).
+    let failed = ups[0].health().checks_failed;
+    support::eventually("a checked again", || {
+        ups[0].health().checks_failed > failed + 2
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(client.get("x", "/").await.text(), "b");
+        assert!(!ups[0].is_healthy());
+    }
+    server.shutdown().await;
+}
+
 fn extra_listener(name: &str, port: u16) -> String {
     format!("  - name: {name}\n    bind: \"127.0.0.1:{port}\"\n")
 }

@@ -91,10 +91,13 @@ pub(super) struct Watcher {
 // === impl Watcher ===
 
 impl Watcher {
+    /// A watcher of `config` for `pool`, which already has the etcd instances `known` (those
+    /// of the watcher it replaces, if any: the ones that are listed again keep their state).
     pub(super) fn new(
         shared: Weak<Shared>,
         pool: Arc<str>,
         config: EtcdDiscovery,
+        known: Vec<Arc<Upstream>>,
         failures: Arc<AtomicU64>,
         rounds: Arc<AtomicU64>,
     ) -> Watcher {
@@ -104,7 +107,7 @@ impl Watcher {
             gateway: Gateway::new(&config.endpoints),
             config,
             instances: BTreeMap::new(),
-            published: Vec::new(),
+            published: known,
             failures,
             rounds,
         }
@@ -203,8 +206,8 @@ impl Watcher {
             let upstream = self
                 .published
                 .iter()
-                .find(|u| u.addr == addr && u.weight == weight)
-                .cloned()
+                .find(|u| u.addr == addr)
+                .map(|u| Upstream::reweighed(u, weight))
                 .unwrap_or_else(|| Arc::new(Upstream::new(addr, weight, Source::Etcd)));
             next.push(upstream);
         }

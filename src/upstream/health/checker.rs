@@ -40,7 +40,8 @@ pub const JITTER_PERCENT: u32 = 10;
 /// `User-Agent` of every probe.
 pub const USER_AGENT_VALUE: &str = "switchyard-health";
 
-/// Identity of one running check: the pool's name and the shared `Upstream`'s address.
+/// Identity of one running check: the pool's name and the address of the upstream's
+/// shared state (the same across a change of weight).
 type Key = (Arc<str>, usize);
 
 /// The supervisor of every active-check task; lives in `snapshot::Shared`.
@@ -98,7 +99,8 @@ impl Checkers {
                 continue;
             };
             for upstream in pool.upstreams().iter() {
-                let key = (pool.name.clone(), Arc::as_ptr(upstream) as usize);
+                // The shared state: an upstream re-weighed by a reload keeps its check.
+                let key = (pool.name.clone(), Arc::as_ptr(&upstream.state) as usize);
                 let check = match running.remove(&key) {
                     Some(check) if check.config == *hc => check,
                     old => {
@@ -119,6 +121,7 @@ impl Checkers {
             // state no longer matters, unless it comes back, and then it starts healthy.
             check
                 .upstream
+                .state
                 .health
                 .clear_checks(&pool, &check.upstream.id);
         }
@@ -230,7 +233,7 @@ impl Task {
                 }
             };
             tracing::trace!(pool = %self.pool, upstream = %self.upstream.id, ok = result.ok, reason = %result.reason, "health check");
-            let h = &self.upstream.health;
+            let h = &self.upstream.state.health;
             h.record_check(result, thresholds, &self.pool, &self.upstream.id);
             let next = started + jitter.around(self.config.interval);
             tokio::select! {

@@ -84,7 +84,7 @@ fn a_check_transition_reaches_the_pool_on_its_next_pick() {
         at: std::time::SystemTime::now(),
     };
     for _ in 0..3 {
-        a.health.record_check(fail, T, "p", "a");
+        a.state.health.record_check(fail, T, "p", "a");
     }
     assert_eq!(candidate_ports(&pool), [2]);
     let status = a.health();

@@ -56,6 +56,25 @@ pub struct Logger {
     /// The writer thread: unparked when [`WAKE_AT`] entries wait, joined on drop so no
     /// queued line is lost at exit.
     writer: Option<JoinHandle<()>>,
+    /// The file written to, when the log is a file: its path and the identity of the file
+    /// opened there (see [`Logger::is_current`]).
+    file: Option<(std::path::PathBuf, FileId)>,
+}
+
+/// Which file a path named when it was opened: device and inode numbers.
+type FileId = (u64, u64);
+
+/// The identity of the file behind `metadata`.
+#[cfg(unix)]
+fn file_id(metadata: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt as _;
+    (metadata.dev(), metadata.ino())
+}
+
+/// Elsewhere a file cannot be told from its successor: it always counts as current.
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> FileId {
+    (0, 0)
 }
 
 /// What the request path and the writer both count.
@@ -120,10 +139,15 @@ pub struct Pending {
 impl Logger {
     /// Starts the writer for `target`; `None` when the log is off.
     pub fn start(target: &AccessLog) -> io::Result<Option<Arc<Logger>>> {
+        let mut file = None;
         let out: Box<dyn Write + Send> = match target {
             AccessLog::Off => return Ok(None),
             AccessLog::Stdout => Box::new(io::stdout()),
-            AccessLog::File(path) => Box::new(open_append(path)?),
+            AccessLog::File(path) => {
+                let opened = open_append(path)?;
+                file = Some((path.clone(), file_id(&opened.metadata()?)));
+                Box::new(opened)
+            }
         };
         let (tx, rx) = mpsc::channel();
         let counts = Arc::new(Counts::default());
@@ -135,7 +159,18 @@ impl Logger {
             tx: Some(tx),
             counts,
             writer: Some(writer),
+            file,
         })))
+    }
+
+    /// Whether its file is still the one its path names: false once the file was renamed
+    /// or removed (log rotation), so that a reload opens the path again, as NGINX reopens
+    /// its logs on SIGHUP. Standard output is always current.
+    pub fn is_current(&self) -> bool {
+        let Some((path, id)) = &self.file else {
+            return true;
+        };
+        std::fs::metadata(path).is_ok_and(|now| file_id(&now) == *id)
     }
 
     fn send(&self, entry: Entry) {

@@ -224,7 +224,14 @@ impl Snapshot {
             .map(|l| ListenerSettings::build(l).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let access_log = match previous {
-            Some(p) if p.config.access_log == config.access_log => p.access_log.clone(),
+            // The same log keeps its writer, unless its file was rotated away (renamed or
+            // removed): then the path is opened again, for `logrotate`'s `kill -HUP`.
+            Some(p)
+                if p.config.access_log == config.access_log
+                    && p.access_log.as_ref().is_none_or(|l| l.is_current()) =>
+            {
+                p.access_log.clone()
+            }
             _ => Logger::start(&config.access_log).map_err(BuildError::AccessLog)?,
         };
         Ok(Snapshot {

@@ -420,6 +420,41 @@ async fn a_new_weight_alone_keeps_the_upstreams_health_and_connections() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reopens_an_access_log_rotated_away() {
+    // Audit A-F3: `logrotate` renames the file, then sends SIGHUP; the lines went on into
+    // the renamed file, and a new one was never made.
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("rotate");
+    let path = dir.join("proxy.yaml");
+    let (log, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
+    let logged = format!("access_log: \"{}\"", log.display());
+    std::fs::write(
+        &path,
+        routed_to(a.addr, "1", "").replace("access_log: off", &logged),
+    )
+    .unwrap();
+    let (server, addr) = start(&path, false).await;
+    let lines = |file: &Path| {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        text.lines().filter(|l| l.contains("\"path\":\"/")).count()
+    };
+    assert_eq!(support::get(addr, "/before").await.text(), "a");
+    support::eventually("the first line", || lines(&log) == 1).await;
+
+    // An unchanged file and no rotation: the same writer (and file) stays.
+    assert_eq!(server.reloader().reload(Trigger::Signal).await.unwrap(), 2);
+    assert_eq!(support::get(addr, "/same").await.text(), "a");
+    support::eventually("the second line, same file", || lines(&log) == 2).await;
+
+    std::fs::rename(&log, &rotated).unwrap();
+    assert_eq!(server.reloader().reload(Trigger::Signal).await.unwrap(), 3);
+    assert_eq!(support::get(addr, "/after").await.text(), "a");
+    support::eventually("a new file with the next line", || lines(&log) == 1).await;
+    assert_eq!(lines(&rotated), 2, "nothing more in the rotated file");
+    server.shutdown().await;
+}
+
 fn extra_listener(name: &str, port: u16) -> String {
     format!("  - name: {name}\n    bind: \"127.0.0.1:{port}\"\n")
 }

@@ -11,7 +11,7 @@
 //! | `GET /registry` | `{"instances": [...]}`: every registered instance |
 //! | `PUT /registry/{pool}/{addr}` | `201` registered or `200` renewed, with the entry |
 //! | `DELETE /registry/{pool}/{addr}` | `204`; `404` if not registered |
-//! | `POST /reload` | `200 {"generation"}` or `422 {"error"}` |
+//! | `POST /reload` | `200 {"generation"}`, `422 {"error"}`, or `503` while draining |
 //!
 //! Unknown paths get `404`, a known path with another method `405` with `Allow`; errors are
 //! `{"error": "..."}`. With `admin.token` set, `PUT`, `DELETE` and `POST` need
@@ -268,6 +268,13 @@ fn ready(state: &AdminState) -> Answer {
 }
 
 async fn reload(state: &AdminState) -> Answer {
+    if state.control.is_draining() {
+        // Not a failed reload: nothing is left to reload into (as `/ready`'s 503).
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the proxy is shutting down",
+        );
+    }
     let outcome = state.runtime.spawn(state.control.reload()).await;
     match outcome {
         Ok(Ok(generation)) => json(

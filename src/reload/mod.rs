@@ -85,9 +85,10 @@ pub enum ReloadError {
     /// in the file (otherwise the error is a positioned `Build`).
     #[error(transparent)]
     Listener(#[from] StartError),
-    /// The file adds, removes or moves the admin API, which is bound once, at start.
-    #[error("admin.bind cannot change on reload (the admin API is bound once, at start); restart switchyard to apply it")]
-    AdminBind,
+    /// The file adds, removes or moves the admin API, which is bound once, at start:
+    /// `FILE:LINE:COL: message`, at the new `admin.bind` (or where it would be).
+    #[error("{0}")]
+    AdminBind(ConfigError),
     /// The runtime shut down while the reload was reading or building.
     #[error("the reload was interrupted by the runtime shutting down")]
     Interrupted,
@@ -186,6 +187,14 @@ impl Reloader {
         // The semaphore is never closed, so acquiring only fails in theory.
         let _permit = self.inner.serial.acquire().await.ok();
         let result = self.reload_serial(trigger).await;
+        if let Err(ReloadError::Draining) = result {
+            // Not a failure of the file: the running config is already on its way out.
+            tracing::info!(
+                trigger = trigger.as_str(),
+                "reload refused: the proxy is shutting down"
+            );
+            return result;
+        }
         let took = started.elapsed();
         let mut status = self.status_lock();
         status.at = SystemTime::now();
@@ -232,7 +241,19 @@ impl Reloader {
         .await?;
         let admin_bind = |c: &config::Config| c.admin.as_ref().map(|a| a.bind);
         if admin_bind(&config) != admin_bind(&current.config) {
-            return Err(ReloadError::AdminBind);
+            let message = "admin.bind cannot change on reload (the admin API is bound once, \
+                           at start); restart switchyard to apply it";
+            let at = [config::Seg::Key("admin"), config::Seg::Key("bind")];
+            return Err(ReloadError::AdminBind(config::locate(
+                &path, &text, &at, message,
+            )));
+        }
+        if config.workers != current.config.workers {
+            tracing::warn!(
+                from = ?current.config.workers,
+                to = ?config.workers,
+                "workers changed: the worker count is set at start; the new one applies at the next start"
+            );
         }
         if !trigger.is_explicit() && config == *current.config {
             tracing::debug!(generation = current.generation, "config file unchanged");

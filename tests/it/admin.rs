@@ -529,6 +529,13 @@ async fn ready_answers_503_while_draining() {
         StatusCode::OK,
         "still running"
     );
+    // Audit A-F7: a reload asked for while draining is refused with 503, and is not a
+    // failed reload (`last_reload` stays ok).
+    let reload = call(admin, Method::POST, "/reload", "", None).await;
+    assert_eq!(reload.status, StatusCode::SERVICE_UNAVAILABLE);
+    let config: serde_json::Value =
+        serde_json::from_slice(&get(admin, "/config").await.body).unwrap();
+    assert_eq!(config["last_reload"]["ok"], true, "{config}");
     assert_eq!(
         request.await.unwrap().status,
         StatusCode::OK,

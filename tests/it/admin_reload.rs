@@ -13,6 +13,15 @@ use tokio::net::TcpStream;
 use crate::support::Backend;
 use crate::support::TempDir;
 
+/// Where a refused `admin` change is reported in [`config`]'s file: the new `admin.bind`, or
+/// the file's start when the section is gone.
+fn position(admin: &str) -> &'static str {
+    match admin {
+        "" => "1:1",
+        _ => "5:9",
+    }
+}
+
 fn config(backend: SocketAddr, admin: &str) -> String {
     format!(
         "listeners:\n  - name: test\n    bind: \"127.0.0.1:0\"\n{admin}access_log: off\nroutes:\n  - name: r\n    match: {{ path_prefix: \"/\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{backend}\" }}\n"
@@ -97,12 +106,15 @@ async fn a_reload_that_moves_the_admin_api_fails_and_keeps_the_old_config() {
         std::fs::write(&path, config(backend.addr, admin)).unwrap();
         let result = server.reloader().reload(Trigger::Signal).await;
         assert!(
-            matches!(result, Err(ReloadError::AdminBind)),
+            matches!(result, Err(ReloadError::AdminBind(_))),
             "{admin:?}: {result:?}"
         );
         let status = server.reloader().status();
         assert!(!status.ok);
-        assert!(status.error.unwrap_or_default().contains("admin.bind"));
+        // Positioned: at the new `admin.bind`, or at the file's start when it is gone.
+        let (error, at) = (status.error.unwrap_or_default(), position(admin));
+        assert!(error.contains("admin.bind cannot change"), "{error}");
+        assert!(error.contains(&format!("proxy.yaml:{at}: ")), "{error}");
         assert_eq!(server.shared().snapshot().generation, generation);
     }
     server.shutdown().await;

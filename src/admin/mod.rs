@@ -225,10 +225,15 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Answer {
 /// Whether the request may mutate: no token configured, or the right bearer token.
 fn authorized(token: Option<&str>, given: Option<&HeaderValue>) -> bool {
     let Some(token) = token else { return true };
-    let given = given
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .unwrap_or_default();
-    constant_time_eq(given, token.as_bytes())
+    // RFC 9110 section 11.1: the scheme is case-insensitive; RFC 6750: one or more spaces.
+    let given = given.map(HeaderValue::as_bytes).unwrap_or_default();
+    let scheme = b"bearer ";
+    let credentials = match given.get(..scheme.len()) {
+        Some(start) if start.eq_ignore_ascii_case(scheme) => &given[scheme.len()..],
+        _ => return false,
+    };
+    let credentials = credentials.trim_ascii_start();
+    constant_time_eq(credentials, token.as_bytes())
 }
 
 /// Compares without stopping at the first difference, so the time taken does not tell an
@@ -308,19 +313,29 @@ async fn put(state: &AdminState, rest: &str, body: Incoming) -> Answer {
     let bytes =
         match tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
             Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "body unreadable or over 64 KiB"),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB");
+            }
+            Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "body unreadable"),
             Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
         };
-    let parsed: PutBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        PutBody::default()
-    } else {
-        match serde_json::from_slice(&bytes) {
+    let expected = "expected a JSON object like {\"weight\": 1, \"ttl\": \"30s\"}";
+    let parsed: PutBody = match bytes.trim_ascii().first() {
+        None => PutBody::default(),
+        // serde would also take the fields in order from an array (`[2, "10s"]`).
+        Some(b'{') => match serde_json::from_slice(&bytes) {
             Ok(parsed) => parsed,
             Err(e) => {
-                let message =
-                    format!("invalid JSON body: {e}; expected {{\"weight\": 1, \"ttl\": \"30s\"}}");
+                let found = in_json_terms(&e.to_string());
+                let message = format!("invalid JSON body: {found}; {expected}");
                 return error(StatusCode::BAD_REQUEST, &message);
             }
+        },
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid JSON body: {expected}"),
+            )
         }
     };
     let ttl = match parsed.ttl.as_deref().map(crate::config::parse_duration) {
@@ -334,6 +349,13 @@ async fn put(state: &AdminState, rest: &str, body: Incoming) -> Answer {
         Ok((entry, false)) => json(StatusCode::OK, &entry),
         Err(e) => registry_error(&e),
     }
+}
+
+/// serde's message about a registry body, with the Rust type it expected put in the API's
+/// terms (`u32` is a weight).
+fn in_json_terms(message: &str) -> String {
+    let weight = format!("an integer from 1 to {}", crate::config::MAX_WEIGHT);
+    message.replace("expected u32", &format!("expected {weight}"))
 }
 
 fn delete(state: &AdminState, rest: &str) -> Answer {
@@ -453,12 +475,18 @@ mod tests {
         assert!(authorized(None, None));
         let ok = HeaderValue::from_static("Bearer s3cret");
         assert!(authorized(Some("s3cret"), Some(&ok)));
+        for good in ["bearer s3cret", "BEARER  s3cret"] {
+            let given = HeaderValue::from_static(good);
+            assert!(authorized(Some("s3cret"), Some(&given)), "{good}");
+        }
         for bad in [
             "Bearer s3cre",
             "Bearer s3cret2",
-            "bearer s3cret",
+            "Bearers3cret",
+            "Basic s3cret",
             "s3cret",
             "Bearer S3cret",
+            "Bearer",
         ] {
             assert!(
                 !authorized(Some("s3cret"), Some(&HeaderValue::from_static(bad))),

@@ -63,7 +63,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the headers the `Connection` fields name.
+/// Removes the headers the `Connection` fields name, but for those a sender cannot make
+/// hop-by-hop: `Host` (every HTTP/1.1 request carries one; RFC 9112 section 3.2) and the
+/// proxy's own `X-Request-Id` (SPEC section 4: the same id goes upstream and back). Naming
+/// them would otherwise let a client strip them from what the upstream gets.
 fn remove_connection_named(headers: &mut HeaderMap) {
     // Most HTTP/1.1 messages say `Connection: keep-alive` or `close`: those tokens name no
     // header left to remove (`Keep-Alive` is in the fixed list), so they are skipped and the
@@ -78,7 +81,9 @@ fn remove_connection_named(headers: &mut HeaderMap) {
         .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
     {
         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            named.push(name);
+            if name != header::HOST && name != X_REQUEST_ID {
+                named.push(name);
+            }
         }
     }
     for name in named {
@@ -118,6 +123,60 @@ pub fn has_invalid_host(version: http::Version, headers: &HeaderMap) -> bool {
     }
     let mut hosts = headers.get_all(header::HOST).iter();
     hosts.next().is_none() || hosts.next().is_some()
+}
+
+/// Whether `host` is a `Host` value (or `:authority`) as RFC 3986 section 3.2.2 has it:
+/// `[IPv6]` or a name of unreserved, percent-encoded and sub-delimiter characters, then an
+/// optional `:port` of digits. As NGINX does, `..` in a name is refused too (no name has an
+/// empty label) and an empty value is allowed (RFC 9112 section 3.2). Whatever else is sent
+/// (`a b`, `a/b`, `user@a`, bytes past ASCII) is answered `400` rather than routed on and
+/// sent upstream as it is.
+pub fn is_valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let inside = &literal[..end];
+            let ip = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
+            if inside.is_empty() || !inside.iter().all(ip) {
+                return false;
+            }
+            match &literal[end + 1..] {
+                [] => return true,
+                [b':', port @ ..] => (&[][..], port),
+                _ => return false,
+            }
+        }
+        None => match host.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&host[..colon], &host[colon + 1..]),
+            None => (host, &[][..]),
+        },
+    };
+    let name_byte = |b: &u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    };
+    name.iter().all(name_byte)
+        && !name.windows(2).any(|w| w == b"..")
+        && port.iter().all(u8::is_ascii_digit)
 }
 
 /// Appends the client's IP to `X-Forwarded-For` and sets `-Proto` and `-Host`.
@@ -287,6 +346,59 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn host_and_request_id_cannot_be_named_hop_by_hop() {
+        // Audit B-F1 and B-F2: `Connection: host, x-request-id` stripped both upstream.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Host, X-Request-Id, x-other"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("id-1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::HOST], "a.example");
+        assert_eq!(h[&X_REQUEST_ID], "id-1");
+    }
+
+    #[test]
+    fn hosts_are_checked_as_rfc_3986_has_them() {
+        for good in [
+            "a.example",
+            "A.Example.:8080",
+            "127.0.0.1",
+            "localhost:9001",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::1]:",
+            "my_host",
+            "xn--bcher-kva.example",
+            "a%20b",
+            "",
+            "a.com:",
+        ] {
+            assert!(is_valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "a b",
+            "a/b",
+            "a..com",
+            "a.com:x",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "[::g]",
+            "a@b",
+            "a\\b",
+            "\u{ff}a",
+            "a.com:80:80",
+        ] {
+            assert!(!is_valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub async fn handle(ctx: &ConnContext, req: Request<ClientBody>) -> Response<Res
     let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     // A request refused as malformed is on no route, as are the heads our HTTP/1.1 server
     // refuses before they get here.
-    let checked = check_request(&parts);
+    let checked = check_request(&parts, host.as_ref());
     let route = match checked {
         Ok(()) => snapshot.router.route(host_str, parts.uri.path()),
         Err(_) => None,
@@ -180,8 +180,9 @@ fn ensure_request_id(ids: &headers::RequestIds, headers: &mut http::HeaderMap) -
     }
 }
 
-/// Refuses malformed requests before anything is forwarded (SPEC section 10).
-fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
+/// Refuses malformed requests before anything is forwarded (SPEC section 10); `host` is the
+/// one the request is routed by (see [`request_host`]).
+fn check_request(parts: &request::Parts, host: Option<&HeaderValue>) -> Result<(), ProxyError> {
     if parts.extensions.get::<AmbiguousFraming>().is_some() {
         return Err(ProxyError::BadFraming);
     }
@@ -189,6 +190,9 @@ fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
         return Err(ProxyError::HeadersTooLarge);
     }
     if headers::has_invalid_host(parts.version, &parts.headers) {
+        return Err(ProxyError::BadRequest);
+    }
+    if host.is_some_and(|h| !headers::is_valid_host(h.as_bytes())) {
         return Err(ProxyError::BadRequest);
     }
     Ok(())

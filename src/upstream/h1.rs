@@ -196,7 +196,8 @@ impl Conn {
     ) -> Result<Response<Body>, SendError> {
         let mut body = std::mem::replace(req.body_mut(), RequestBody::empty());
         let empty = body.is_end_stream();
-        let framing = encode_head(&mut self.wbuf, req, empty, body.size_hint().exact());
+        let exact = body.size_hint().exact();
+        let framing = encode_head(&mut self.wbuf, req, empty, exact, &upstream.id);
         let head_only = self.wbuf.len();
         // What of the body has already arrived goes out in the same write as the head, up to
         // a small size; waiting for more would hold back the head (and an early answer).
@@ -419,6 +420,13 @@ impl Conn {
             .code
             .and_then(|c| StatusCode::from_u16(c).ok())
             .ok_or(Error::Parse("invalid status"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // Upgrades go through hyper's client (`client`): this request asked for none, and
+            // RFC 9110 section 15.2.2 forbids switching then. A bad answer: 502.
+            return Err(Error::Parse(
+                "101 Switching Protocols to a request without Upgrade",
+            ));
+        }
         let http10 = parsed.version == Some(0);
         let mut headers = HeaderMap::with_capacity(parsed.headers.len());
         let mut reusable = !early;
@@ -625,12 +633,16 @@ enum ReqFraming {
 }
 
 /// Writes the request head into `out` (cleared first) and says how the body is framed:
-/// `empty` when the body has ended already, `exact` its size when known.
+/// `empty` when the body has ended already, `exact` its size when known. A request with no
+/// `Host` (an HTTP/1.0 client's, or HTTP/2 without `:authority`) gets `authority`, the
+/// upstream's address: HTTP/1.1 requires one (RFC 9112 section 3.2), and NGINX fills in
+/// its upstream's name the same way.
 fn encode_head<B>(
     out: &mut Vec<u8>,
     parts: &Request<B>,
     empty: bool,
     exact: Option<u64>,
+    authority: &str,
 ) -> ReqFraming {
     out.clear();
     out.extend_from_slice(parts.method().as_str().as_bytes());
@@ -640,14 +652,21 @@ fn encode_head<B>(
         _ => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_host = false;
     for (name, value) in parts.headers() {
         // The framing fields are ours to write, from the body.
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
+        has_host |= name == header::HOST;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     let framing = if empty {
@@ -682,13 +701,45 @@ fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
 /// Appends the last chunk and a trailer section.
 fn encode_trailers(out: &mut Vec<u8>, trailers: &HeaderMap) {
     out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers {
+    for (name, value) in trailers.iter().filter(|(name, _)| may_trail(name)) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a field may be sent in a trailer section. RFC 9110 section 6.5.1 keeps out of
+/// trailers the fields that frame the message, route it, modify or authenticate the request,
+/// or say how to process the content; an upstream that merged trailers into the header
+/// section would take them as if the client had sent them there (NGINX sends no request
+/// trailers at all). gRPC's trailers and checksums pass.
+fn may_trail(name: &HeaderName) -> bool {
+    ![
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::HOST,
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+        header::CACHE_CONTROL,
+        header::EXPECT,
+        header::MAX_FORWARDS,
+        header::RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_TYPE,
+        header::CONTENT_RANGE,
+    ]
+    .contains(name)
 }
 
 /// Sending state of a request body.
@@ -1089,7 +1140,7 @@ mod tests {
     fn head(req: http::request::Builder, empty: bool, exact: Option<u64>) -> (String, ReqFraming) {
         let req = req.body(()).unwrap();
         let mut out = Vec::new();
-        let framing = encode_head(&mut out, &req, empty, exact);
+        let framing = encode_head(&mut out, &req, empty, exact, "10.0.0.1:80");
         (String::from_utf8(out).unwrap(), framing)
     }
 
@@ -1100,16 +1151,28 @@ mod tests {
             true,
             None,
         );
-        assert_eq!(text, "GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\n\r\n");
+        // No `Host` (HTTP/1.0, HTTP/2 without `:authority`): the upstream's address stands in.
+        assert_eq!(
+            text,
+            "GET /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: 10.0.0.1:80\r\n\r\n"
+        );
+        let (text, _) = head(Request::get("/").header("host", "a.example"), true, None);
+        assert_eq!(text, "GET / HTTP/1.1\r\nhost: a.example\r\n\r\n");
         assert_eq!(framing, ReqFraming::None);
         let (text, _) = head(Request::post("/"), true, None);
-        assert_eq!(text, "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(
+            text,
+            "POST / HTTP/1.1\r\nhost: 10.0.0.1:80\r\ncontent-length: 0\r\n\r\n"
+        );
         let (text, framing) = head(
             Request::put("/u").header("content-length", "9"),
             false,
             Some(5),
         );
-        assert_eq!(text, "PUT /u HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(
+            text,
+            "PUT /u HTTP/1.1\r\nhost: 10.0.0.1:80\r\ncontent-length: 5\r\n\r\n"
+        );
         assert_eq!(framing, ReqFraming::Length(5));
         let (text, framing) = head(
             Request::post("/c")
@@ -1121,9 +1184,32 @@ mod tests {
         );
         assert_eq!(
             text,
-            "POST /c HTTP/1.1\r\ncookie: a\r\ncookie: b\r\ntransfer-encoding: chunked\r\n\r\n"
+            "POST /c HTTP/1.1\r\ncookie: a\r\ncookie: b\r\nhost: 10.0.0.1:80\r\n\
+             transfer-encoding: chunked\r\n\r\n"
         );
         assert_eq!(framing, ReqFraming::Chunked);
+    }
+
+    #[test]
+    fn request_trailers_keep_out_what_rfc_9110_keeps_out() {
+        // Audit B-F6: `Host`, `Transfer-Encoding` and `Content-Length` went on as trailers.
+        let mut trailers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "evil"),
+            ("transfer-encoding", "gzip"),
+            ("content-length", "5"),
+            ("authorization", "x"),
+            ("grpc-status", "0"),
+            ("x-checksum", "abc"),
+        ] {
+            trailers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let mut out = Vec::new();
+        encode_trailers(&mut out, &trailers);
+        assert_eq!(out, b"0\r\ngrpc-status: 0\r\nx-checksum: abc\r\n\r\n");
     }
 
     #[test]
@@ -1308,6 +1394,12 @@ mod tests {
             ),
             (many, "too many response fields"),
             (huge, "too large"),
+            // Audit B-F4: passed on to a client that asked for no upgrade.
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n"
+                    .to_vec(),
+                "101 Switching Protocols",
+            ),
         ] {
             let up = upstream(vec![answer]).await;
             let error = error_of(get(connect(&up).await, Method::GET, &up).await);

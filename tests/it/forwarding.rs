@@ -101,6 +101,56 @@ async fn an_absolute_form_target_sets_the_upstream_host_over_the_client_host() {
     assert_eq!(header_line(seen, "x-forwarded-host"), Some("abs.example"));
 }
 
+/// Sends `request` on a new connection; the proxy's response and, when it answered 200, the
+/// request head the upstream saw.
+async fn exchange_raw(proxy: &Proxy, request: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let response = tokio::time::timeout(support::DEADLINE, read_raw_response(&mut stream))
+        .await
+        .expect("response within the deadline");
+    let seen = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned());
+    (response, seen.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_strip_host_or_the_request_id_and_a_missing_host_is_filled_in() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&one_pool(&backend, "")).await;
+    // Audit B-F1 and B-F2: naming them in `Connection` removed them on the way upstream.
+    let (response, seen) = exchange_raw(
+        &proxy,
+        "GET /headers HTTP/1.1\r\nHost: a.example\r\nConnection: host, X-Request-Id\r\n\
+         X-Request-Id: client-42\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(header_line(&seen, "host"), Some("a.example"), "{seen}");
+    assert_eq!(
+        header_line(&seen, "x-request-id"),
+        Some("client-42"),
+        "{seen}"
+    );
+    // An HTTP/1.0 request may come without `Host`; HTTP/1.1 upstreams need one.
+    let (response, seen) = exchange_raw(&proxy, "GET /headers HTTP/1.0\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let upstream = backend.addr.to_string();
+    assert_eq!(
+        header_line(&seen, "host"),
+        Some(upstream.as_str()),
+        "{seen}"
+    );
+    // Audit B-F3: a `Host` that names no host is not routed on or sent upstream.
+    for bad in ["a b", "a/b", "a..example", "user@a.example", "a.example:x"] {
+        let request = format!("GET /headers HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+        let (response, _) = exchange_raw(&proxy, &request).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{bad}: {response}");
+    }
+    assert_eq!(backend.requests(), 2);
+}
+
 /// Reads one `Content-Length` framed response off a kept-alive connection.
 async fn read_raw_response(stream: &mut TcpStream) -> String {
     let mut buf = Vec::new();

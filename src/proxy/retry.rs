@@ -22,6 +22,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 
 use super::ProxyError;
+use crate::balance::StrategyKind;
 use crate::body::{BodyError, RequestBody, UpstreamBody};
 use crate::config::Protocol;
 use crate::upstream::client::SendError;
@@ -82,7 +83,7 @@ pub(crate) async fn attempts(
 ) -> Result<Forwarded, ProxyError> {
     // `None` once hyper's client took it with no copy kept: no attempt can follow then.
     let mut req = Some(req);
-    // Identities (addresses of the shared `Upstream`s) of those tried; `usize` keeps the future `Send`.
+    // Identities of those tried (see `identity`); `usize` keeps the future `Send`.
     let mut tried = [0usize; MAX_ATTEMPTS];
     let attempts = (retries as usize + 1).min(MAX_ATTEMPTS);
     let mut last_error = None;
@@ -94,7 +95,7 @@ pub(crate) async fn attempts(
         let Some(request) = req.as_mut() else {
             break;
         };
-        tried[attempt] = Arc::as_ptr(&upstream) as usize;
+        tried[attempt] = identity(&upstream);
         if attempt > 0 {
             pool.metrics.retry();
             tracing::debug!(pool = %pool.name, upstream = %upstream.id, attempt, "retrying on another upstream");
@@ -173,17 +174,38 @@ pub(crate) async fn attempts(
     }
 }
 
+/// Which upstream `upstream` is, for `tried`: its shared state (the same across a reload
+/// that re-weighs it).
+fn identity(upstream: &Upstream) -> usize {
+    Arc::as_ptr(&upstream.state) as usize
+}
+
 /// The balancer's choice, or the next candidate after it not yet tried by this request.
+///
+/// Under `round_robin` and `weighted`, a retry goes on from the candidate that failed
+/// instead of asking the balancer again, as NGINX moves to the next peer: another pick
+/// would move the shared counter a step, and with one dead upstream every request would
+/// then try it first.
 fn pick(pool: &Pool, key: Option<u64>, tried: &[usize]) -> Option<Arc<Upstream>> {
     let candidates = pool.candidates();
     let upstreams = &candidates.upstreams;
-    let first = candidates
-        .balancer
-        .pick(key, |i| upstreams[i].in_flight())?;
     let n = upstreams.len();
+    let after_failed = match (tried.last(), pool.strategy) {
+        (Some(&last), StrategyKind::RoundRobin | StrategyKind::Weighted) => upstreams
+            .iter()
+            .position(|u| identity(u) == last)
+            .map(|i| (i + 1) % n),
+        _ => None,
+    };
+    let first = match after_failed {
+        Some(next) => next,
+        None => candidates
+            .balancer
+            .pick(key, |i| upstreams[i].in_flight())?,
+    };
     (0..n)
         .map(|step| &upstreams[(first + step) % n])
-        .find(|u| !tried.contains(&(Arc::as_ptr(u) as usize)))
+        .find(|u| !tried.contains(&identity(u)))
         .cloned()
 }
 

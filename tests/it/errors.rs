@@ -196,6 +196,30 @@ async fn a_failed_connect_is_retried_on_another_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_under_round_robin_leaves_the_turn_where_it_was() {
+    // Audit B-F5: each retry asked the balancer again, which moved its counter a step, so
+    // with one of two upstreams down every request tried that one first.
+    for strategy in ["round_robin", "weighted"] {
+        let live = Backend::start("live").await;
+        let addrs = [refused_addr().await, live.addr.to_string()];
+        let pool_extra = format!("    strategy: {strategy}\n");
+        let proxy = Proxy::start(&pool_of(&addrs, "    retries: 1\n", &pool_extra)).await;
+        let mut client = Client::connect(proxy.addr).await;
+        for _ in 0..10 {
+            assert_eq!(client.get("a", "/").await.status, 200, "{strategy}");
+        }
+        let snapshot = proxy.server.shared().snapshot();
+        let ups = snapshot.pool("p").unwrap().upstreams();
+        let attempts: Vec<u64> = ups.iter().map(|u| u.metrics().requests()).collect();
+        assert_eq!(
+            attempts,
+            [5, 10],
+            "{strategy}: attempts on the dead and the live one"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_retries_a_failed_connect_answers_502() {
     let live = Backend::start("live").await;
     let addrs = [refused_addr().await, live.addr.to_string()];

@@ -126,13 +126,24 @@ async fn serve(socket: std::net::TcpListener, state: Arc<AdminState>, stop: Canc
         Err(error) => return tracing::error!(%error, "admin listener unusable"),
     };
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Told when every slot is taken: each connection then closes once it is idle (at once
+    // when it waits for a next request), so kept-alive scrapers and dashboards cannot
+    // lock out `/healthz` and `/ready` (NGINX likewise closes idle keep-alive connections
+    // when it runs out of them).
+    let pressure = Arc::new(tokio::sync::Notify::new());
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            () = stop.cancelled() => return,
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                pressure.notify_waiters();
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    () = stop.cancelled() => return,
+                }
+            }
         };
         let stream = tokio::select! {
             accepted = socket.accept() => match accepted {
@@ -147,6 +158,7 @@ async fn serve(socket: std::net::TcpListener, state: Arc<AdminState>, stop: Canc
         };
         let state = state.clone();
         let stop = stop.clone();
+        let pressure = pressure.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
@@ -156,11 +168,20 @@ async fn serve(socket: std::net::TcpListener, state: Arc<AdminState>, stop: Canc
                 .timer(TokioTimer::new())
                 .header_read_timeout(READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = conn => if let Err(error) = result {
-                    tracing::debug!(%error, "admin connection ended with an error");
-                },
-                () = stop.cancelled() => {}
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
+            let result = loop {
+                tokio::select! {
+                    result = conn.as_mut() => break Some(result),
+                    () = pressure.notified(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    () = stop.cancelled() => break None,
+                }
+            };
+            if let Some(Err(error)) = result {
+                tracing::debug!(%error, "admin connection ended with an error");
             }
             drop(permit);
         });

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{config, eventually, Backend, Client, Proxy, Reply, DEADLINE};
 
@@ -585,6 +586,31 @@ async fn idle_admin_connections_do_not_block_traffic() {
     }
     drop(idle);
     eventually_ok(admin).await;
+}
+
+#[tokio::test]
+async fn kept_alive_admin_clients_cannot_lock_out_healthz() {
+    // Audit A-F7: 64 idle keep-alive connections held every slot until their 10 s head
+    // timeout, and `/healthz` (a liveness probe) waited that long.
+    let a = Backend::start("a").await;
+    let (_proxy, admin) = start(None, &one_pool("kept", &[&a])).await;
+    let mut kept = Vec::new();
+    for _ in 0..switchyard::admin::MAX_CONNECTIONS {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        kept.push(stream);
+    }
+    // Well inside the 10 s the idle connections would otherwise hold their slots.
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(3), get(admin, "/healthz"))
+        .await
+        .expect("/healthz answered while every slot was held by an idle client");
+    assert_eq!(reply.status, StatusCode::OK);
 }
 
 /// `/healthz` answers again once idle connections are gone.

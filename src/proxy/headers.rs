@@ -132,52 +132,68 @@ pub fn has_invalid_host(version: http::Version, headers: &HeaderMap) -> bool {
 /// (`a b`, `a/b`, `user@a`, bytes past ASCII) is answered `400` rather than routed on and
 /// sent upstream as it is.
 pub fn is_valid_host(host: &[u8]) -> bool {
-    let (name, port) = match host.strip_prefix(b"[") {
-        Some(literal) => {
-            let Some(end) = literal.iter().position(|&b| b == b']') else {
-                return false;
-            };
-            let inside = &literal[..end];
-            let ip = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
-            if inside.is_empty() || !inside.iter().all(ip) {
-                return false;
-            }
-            match &literal[end + 1..] {
-                [] => return true,
-                [b':', port @ ..] => (&[][..], port),
-                _ => return false,
-            }
+    if let Some(literal) = host.strip_prefix(b"[") {
+        return is_valid_ip_literal(literal);
+    }
+    // One pass over the name up to a `:` (this runs for every request): a byte outside the
+    // set, or a dot after a dot, sets `bad`; the port is digits.
+    let (mut bad, mut previous, mut end) = (0u8, 0u8, host.len());
+    for (i, &b) in host.iter().enumerate() {
+        let class = HOST_BYTES[usize::from(b)];
+        if class == COLON {
+            end = i + 1;
+            break;
         }
-        None => match host.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&host[..colon], &host[colon + 1..]),
-            None => (host, &[][..]),
-        },
-    };
-    let name_byte = |b: &u8| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    };
-    name.iter().all(name_byte)
-        && !name.windows(2).any(|w| w == b"..")
-        && port.iter().all(u8::is_ascii_digit)
+        bad |= u8::from(class == INVALID) | (class & previous & DOT);
+        previous = class;
+    }
+    bad == 0 && host[end..].iter().all(u8::is_ascii_digit)
 }
+
+/// `IPv6]` or `IPv6]:port`, after the `[` of an IP literal.
+fn is_valid_ip_literal(literal: &[u8]) -> bool {
+    let Some(end) = literal.iter().position(|&b| b == b']') else {
+        return false;
+    };
+    let inside = &literal[..end];
+    let ip = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
+    let port = match &literal[end + 1..] {
+        [] => &[][..],
+        [b':', port @ ..] => port,
+        _ => return false,
+    };
+    !inside.is_empty() && inside.iter().all(ip) && port.iter().all(u8::is_ascii_digit)
+}
+
+/// Classes of [`HOST_BYTES`]: not allowed in a host name, allowed, `.` (a bit of its own),
+/// and `:`, which ends the name.
+const INVALID: u8 = 0;
+const NAME: u8 = 1;
+const DOT: u8 = 2;
+const COLON: u8 = 4;
+
+/// The class of every byte in a host name (RFC 3986 `reg-name`: unreserved, `%` of
+/// percent-encoding, sub-delimiters), and `:`, which starts the port.
+static HOST_BYTES: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            table[b] = NAME;
+        }
+        b += 1;
+    }
+    let others = b"-_~%!$&'()*+,;=";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = NAME;
+        i += 1;
+    }
+    table[b'.' as usize] = DOT;
+    table[b':' as usize] = COLON;
+    table
+};
 
 /// Appends the client's IP to `X-Forwarded-For` and sets `-Proto` and `-Host`.
 pub fn add_forwarded(

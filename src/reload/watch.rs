@@ -13,9 +13,10 @@
 //! a file there (a log) would otherwise wake the watcher; so would the reload's own read.
 //!
 //! A config reached through a symlink is followed two ways: the directory of the file the
-//! link resolves to at start is watched too (an edit of the target), and in the config's own
+//! link resolves to is watched too (an edit of the target), and in the config's own
 //! directory any create, delete or rename counts (Kubernetes ConfigMap volumes swap a
-//! `..data` symlink by rename; the new target is read by the reload).
+//! `..data` symlink by rename; the new target is read by the reload). After each change the
+//! link is resolved again, so once it points into another directory, edits there are seen.
 //!
 //! One save is a burst of events (create, modify, close, rename). The task waits for a quiet
 //! period of [`DEBOUNCE`] after the last event, at most [`MAX_DELAY`] after the first, and
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -67,8 +68,10 @@ struct Interest {
     name: OsString,
     /// The config path is a symlink: any re-linking event in `dir` counts.
     symlinked: bool,
-    /// The directory and file name the symlink resolved to at start.
+    /// The directory and file name the symlink resolved to last.
     target: Option<(WatchDescriptor, OsString)>,
+    /// The config path, resolved again after each change when `symlinked`.
+    path: PathBuf,
 }
 
 impl Interest {
@@ -84,6 +87,35 @@ impl Interest {
             || (*wd == self.dir
                 && (name == Some(&self.name) || (self.symlinked && mask.intersects(RELINKS))))
     }
+
+    /// Resolves the symlink again and watches the directory its target is in now (adding a
+    /// watch of a directory already watched gives back the same descriptor). A directory
+    /// the link no longer points into keeps its watch until it is removed (Kubernetes
+    /// removes the old version's); its events no longer concern the file.
+    fn follow_link(&mut self, watches: &mut Watches) {
+        if !self.symlinked {
+            return;
+        }
+        self.target = watch_target(&self.path, watches);
+    }
+}
+
+/// Watches the directory of the file `path` (a symlink) resolves to; that directory's watch
+/// and the file's name there, if the link resolves and the directory can be watched.
+fn watch_target(path: &Path, watches: &mut Watches) -> Option<(WatchDescriptor, OsString)> {
+    let (target_dir, target_name) = std::fs::canonicalize(path).and_then(|t| split(&t)).ok()?;
+    // Best effort: the link may point at a directory we cannot watch; the re-linking
+    // events in the config's own directory still count.
+    match watches.add(&target_dir, CHANGES) {
+        Ok(wd) => Some((wd, target_name)),
+        Err(error) => {
+            tracing::warn!(
+                dir = %target_dir.display(), %error,
+                "cannot watch the config symlink's target directory"
+            );
+            None
+        }
+    }
 }
 
 /// Starts watching `path`; reloads through `reloader` until `shutdown` fires.
@@ -97,29 +129,21 @@ pub(crate) fn spawn(
     let mut watches = inotify.watches();
     let symlinked = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     let dir_wd = watches.add(&dir, CHANGES)?;
-    let mut target = None;
-    if symlinked {
-        if let Ok((target_dir, target_name)) = std::fs::canonicalize(path).and_then(|t| split(&t)) {
-            // Best effort: the link may point at a directory we cannot watch; the
-            // re-linking events in `dir` still count.
-            match watches.add(&target_dir, CHANGES) {
-                Ok(wd) => target = Some((wd, target_name)),
-                Err(error) => tracing::warn!(
-                    dir = %target_dir.display(), %error,
-                    "cannot watch the config symlink's target directory"
-                ),
-            }
-        }
-    }
+    let target = symlinked
+        .then(|| watch_target(path, &mut watches))
+        .flatten();
     let interest = Interest {
         dir: dir_wd,
         name,
         symlinked,
         target,
+        path: path.to_owned(),
     };
     let events = inotify.into_event_stream([0u8; 4096])?;
     tracing::info!(dir = %dir.display(), file = %path.display(), "watching the config file");
-    Ok(tokio::spawn(run(events, interest, reloader, shutdown)))
+    Ok(tokio::spawn(run(
+        events, watches, interest, reloader, shutdown,
+    )))
 }
 
 /// A path's directory (`.` for a bare file name) and file name.
@@ -140,12 +164,13 @@ fn split(path: &Path) -> io::Result<(PathBuf, OsString)> {
 /// Debounces the events that concern the file into reloads.
 async fn run(
     mut events: inotify::EventStream<[u8; 4096]>,
-    interest: Interest,
+    mut watches: Watches,
+    mut interest: Interest,
     reloader: Reloader,
     shutdown: CancellationToken,
 ) {
     // The next event that concerns the file; `false` when the stream has ended.
-    let mut next_change = async || {
+    let next_change = async |events: &mut inotify::EventStream<[u8; 4096]>, interest: &Interest| {
         while let Some(event) = events.next().await {
             match event {
                 Ok(e) if interest.concerns(&e.wd, e.mask, e.name.as_ref()) => return true,
@@ -160,7 +185,7 @@ async fn run(
     };
     loop {
         let changed = tokio::select! {
-            changed = next_change() => changed,
+            changed = next_change(&mut events, &interest) => changed,
             () = shutdown.cancelled() => false,
         };
         if !changed {
@@ -170,11 +195,12 @@ async fn run(
         loop {
             let quiet = (Instant::now() + DEBOUNCE).min(deadline);
             tokio::select! {
-                changed = next_change() => if !changed { break },
+                changed = next_change(&mut events, &interest) => if !changed { break },
                 () = tokio::time::sleep_until(quiet) => break,
                 () = shutdown.cancelled() => return,
             }
         }
+        interest.follow_link(&mut watches);
         // The reloader logs and records the outcome; nothing more to do with it here.
         let _ = reloader.reload(Trigger::Watch).await;
     }

@@ -171,6 +171,11 @@ async fn a_kubernetes_style_symlink_swap_reloads() {
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(dir.join("..v1")).unwrap();
     serves_within(&server, addr, 2, "b").await;
+
+    // Audit A-F4: an edit in the directory the link points into now (not the one it
+    // pointed into at start) was not seen.
+    std::fs::write(dir.join("..v2/proxy.yaml"), routed_to(a.addr, "3", "")).unwrap();
+    serves_within(&server, addr, 3, "a").await;
     server.shutdown().await;
 }
 

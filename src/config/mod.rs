@@ -69,7 +69,12 @@ pub fn read(path: &Path) -> Result<String, ConfigErrors> {
         );
         ConfigError::new(path, Pos { line, col }, message)
     })?;
-    Ok(text)
+    // A byte-order mark (some Windows editors write one) is no part of the YAML, and
+    // editors do not show it: columns on line 1 are counted without it.
+    match text.strip_prefix('\u{feff}') {
+        Some(rest) => Ok(rest.to_owned()),
+        None => Ok(text),
+    }
 }
 
 /// Validates text already read; `path` is used in messages and to resolve relative paths.

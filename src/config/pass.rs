@@ -111,7 +111,7 @@ pub(super) fn deserialize(
             return (None, errors, repaired);
         }
         let next = edits.lines.join("\n");
-        if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&next).is_err() {
+        if !is_yaml(&next) {
             // The line was part of something larger (a flow collection, a multi-line
             // scalar): without it the text is not YAML, and what serde said next would be
             // about that.
@@ -215,9 +215,7 @@ impl Edits {
                     let here = next.location().is_some_and(|l| l.line() == line);
                     let refused = here && error_key(&message) == Some(key);
                     let still_missing = same_place && missing_key(&message) == Some(key);
-                    !refused
-                        && !still_missing
-                        && serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).is_ok()
+                    !refused && !still_missing && is_yaml(&text)
                 }
             }
         })?;
@@ -225,15 +223,23 @@ impl Edits {
             *i += usize::from(*i >= line);
         }
         for taken in &mut self.removed {
-            let shift = |n: usize| n + usize::from(n >= line);
-            taken.line = shift(taken.line);
-            taken.mapping = shift(*taken.mapping.start())..=shift(*taken.mapping.end());
+            // The new line joins a mapping that starts at `line` (it becomes its first line).
+            let (start, end) = (*taken.mapping.start(), *taken.mapping.end());
+            taken.line += usize::from(taken.line >= line);
+            taken.mapping = start + usize::from(start > line)..=end + usize::from(end >= line);
         }
         self.lines[line - 1] = format!("{opening}{key}: {value}");
         self.lines.insert(line, moved);
         self.inserted.push(line + 1);
-        Some(self.range_in_file(enclosing_mapping(&self.lines, line - 1)))
+        // From the line moved down (a list item's dash line would take in the whole list).
+        Some(self.range_in_file(enclosing_mapping(&self.lines, line)))
     }
+}
+
+/// Whether `text` is YAML, syntax only: unlike a parse into a `Value`, a key given twice in
+/// a mapping (which the pass reports and steps over) does not make it fail.
+fn is_yaml(text: &str) -> bool {
+    saphyr_parser::Parser::new_from_str(text).all(|event| event.is_ok())
 }
 
 /// The spaces before a line's first other character.

@@ -208,6 +208,18 @@ fn binary_file_points_at_the_first_invalid_byte() {
 }
 
 #[test]
+fn a_byte_order_mark_is_skipped() {
+    // Review: with a BOM, a file with an error after a nested mapping was reported as
+    // "more than one document" at 1:1 instead of its error.
+    let path = std::env::temp_dir().join(format!("switchyard-bom-{}.yaml", std::process::id()));
+    std::fs::write(&path, format!("\u{feff}workers: 0\n{BASE}    retrys: 1\n")).unwrap();
+    let e = load(&path).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    let at: Vec<_> = e.iter().map(|e| (e.line, e.col)).collect();
+    assert_eq!(at, [(1, 10), (12, 5)], "{e}");
+}
+
+#[test]
 fn load_reads_a_valid_file() {
     let path = std::env::temp_dir().join(format!("switchyard-ok-{}.yaml", std::process::id()));
     std::fs::write(&path, BASE).unwrap();
@@ -752,4 +764,48 @@ fn any_line_dropped_or_doubled_gives_positioned_errors_and_no_stand_in() {
             }
         }
     }
+}
+
+#[test]
+fn a_duplicate_key_further_down_does_not_end_the_listing_early() {
+    // Review: the check that the text is still YAML refused it for the duplicate below, so
+    // stepping over `bogus` failed and the duplicate was never listed.
+    let yaml = "\
+listeners:
+  - name: a
+    bind: \"127.0.0.1:20124\"
+    bogus: 1
+routes:
+  - name: r
+    pool: p
+    pool: p
+pools:
+  - name: p
+    upstreams: [{ addr: \"127.0.0.1:2\" }]
+";
+    let all = errors(yaml);
+    assert_eq!(positions(yaml), [(4, 5), (8, 5)], "{all:#?}");
+}
+
+#[test]
+fn a_stand_in_in_one_list_item_hides_no_error_of_the_next() {
+    // Review: the stand-in's mapping was taken from its dash line and ran on over the
+    // following items, whose rule errors were then left out.
+    let yaml = "\
+listeners:
+  - name: web
+    bind: \"127.0.0.1:20125\"
+routes:
+  - name: a
+    match: { path_prefix: / }
+  - name: b
+    match: { path_prefix: /b }
+    pool: nope
+pools:
+  - name: p
+    upstreams: [{ addr: \"127.0.0.1:2\" }]
+";
+    let all = errors(yaml);
+    assert_eq!(positions(yaml), [(5, 5), (9, 11)], "{all:#?}");
+    assert!(all[1].message.contains("unknown pool \"nope\""), "{all:#?}");
 }

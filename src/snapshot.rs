@@ -181,13 +181,15 @@ impl Snapshot {
                     Ok(found) => found,
                     // A hostname the running pool already resolved keeps its last good
                     // addresses: a resolver hiccup during a reload must not empty a pool.
-                    Err(error) => match old.and_then(|p| p.resolved(&up.addr, up.weight)) {
-                        Some(last) => {
-                            tracing::warn!(pool = %cfg.name, addr = %up.addr, error = %crate::error_chain(&error), "cannot resolve upstream; keeping its last good addresses");
-                            last.iter().map(|u| u.addr).collect()
+                    Err(error) => {
+                        match previous.and_then(|p| last_resolved(p, &cfg.name, &up.addr)) {
+                            Some(last) => {
+                                tracing::warn!(pool = %cfg.name, addr = %up.addr, error = %crate::error_chain(&error), "cannot resolve upstream; keeping its last good addresses");
+                                last.iter().map(|u| u.addr).collect()
+                            }
+                            None => return Err(error),
                         }
-                        None => return Err(error),
-                    },
+                    }
                 };
                 listed.push(Listed::Host {
                     addr: Arc::from(up.addr.as_str()),
@@ -225,13 +227,19 @@ impl Snapshot {
             .collect::<Result<Vec<_>, _>>()?;
         let access_log = match previous {
             // The same log keeps its writer, unless its file was rotated away (renamed or
-            // removed): then the path is opened again, for `logrotate`'s `kill -HUP`.
-            Some(p)
-                if p.config.access_log == config.access_log
-                    && p.access_log.as_ref().is_none_or(|l| l.is_current()) =>
-            {
-                p.access_log.clone()
-            }
+            // removed): then the path is opened again, for `logrotate`'s `kill -HUP`. If
+            // that fails, the old file stays in use (as NGINX does): the rest of the
+            // reload is not refused for it.
+            Some(p) if p.config.access_log == config.access_log => match &p.access_log {
+                Some(old) if !old.is_current() => match Logger::start(&config.access_log) {
+                    Ok(reopened) => reopened,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot reopen the rotated access log; writing to the old file");
+                        p.access_log.clone()
+                    }
+                },
+                _ => p.access_log.clone(),
+            },
             _ => Logger::start(&config.access_log).map_err(BuildError::AccessLog)?,
         };
         Ok(Snapshot {
@@ -254,6 +262,14 @@ impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &*p.name == name)
     }
+}
+
+/// The addresses the hostname entry `addr` of pool `pool` resolved to last in `previous`,
+/// whatever its weight there (a reload may re-weigh it).
+fn last_resolved(previous: &Snapshot, pool: &str, addr: &str) -> Option<Vec<Arc<Upstream>>> {
+    let cfg = previous.config.pools.iter().find(|c| c.name == pool)?;
+    let weight = cfg.upstreams.iter().find(|u| u.addr == addr)?.weight;
+    previous.pool(pool)?.resolved(addr, weight)
 }
 
 fn route(r: &RouteConfig, pools: &HashMap<String, usize>, built: &[Arc<Pool>]) -> Route {

@@ -132,6 +132,18 @@ async fn serve(socket: std::net::TcpListener, state: Arc<AdminState>, stop: Canc
     // when it runs out of them).
     let pressure = Arc::new(tokio::sync::Notify::new());
     loop {
+        let stream = tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        // Only a client that finds every slot taken makes the others give theirs up.
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -144,17 +156,6 @@ async fn serve(socket: std::net::TcpListener, state: Arc<AdminState>, stop: Canc
                     () = stop.cancelled() => return,
                 }
             }
-        };
-        let stream = tokio::select! {
-            accepted = socket.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
         };
         let state = state.clone();
         let stop = stop.clone();
@@ -306,6 +307,11 @@ async fn reload(state: &AdminState) -> Answer {
         Ok(Ok(generation)) => json(
             StatusCode::OK,
             &serde_json::json!({ "generation": generation }),
+        ),
+        // A reload that waited for another and found the drain begun.
+        Ok(Err(_)) if state.control.is_draining() => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the proxy is shutting down",
         ),
         Ok(Err(message)) => error(StatusCode::UNPROCESSABLE_ENTITY, &message),
         Err(join) => {

@@ -116,13 +116,12 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112 section 3.2: a server MUST
-/// answer 400 otherwise); HTTP/1.0 may omit it and HTTP/2 uses `:authority`.
+/// answer 400 otherwise); HTTP/1.0 and HTTP/2 (which uses `:authority`) may omit it, but
+/// none may carry two: the proxy would route on one and an upstream might take the other.
 pub fn has_invalid_host(version: http::Version, headers: &HeaderMap) -> bool {
-    if version != http::Version::HTTP_11 {
-        return false;
-    }
     let mut hosts = headers.get_all(header::HOST).iter();
-    hosts.next().is_none() || hosts.next().is_some()
+    let first = hosts.next();
+    (first.is_none() && version == http::Version::HTTP_11) || hosts.next().is_some()
 }
 
 /// Whether `host` is a `Host` value (or `:authority`) as RFC 3986 section 3.2.2 has it:

@@ -252,7 +252,7 @@ impl Reloader {
             tracing::warn!(
                 from = ?current.config.workers,
                 to = ?config.workers,
-                "workers changed: the worker count is set at start; the new one applies at the next start"
+                "workers changed: the worker count is read at start only; this one applies at the next start (unless --workers overrides it)"
             );
         }
         if !trigger.is_explicit() && config == *current.config {

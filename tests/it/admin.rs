@@ -606,6 +606,18 @@ async fn kept_alive_admin_clients_cannot_lock_out_healthz() {
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
         kept.push(stream);
     }
+    // Taking the last slot closes nobody: only a client that finds none free does.
+    let first = &mut kept[0];
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "the first client was let go early"
+    );
     // Well inside the 10 s the idle connections would otherwise hold their slots.
     let reply = tokio::time::timeout(std::time::Duration::from_secs(3), get(admin, "/healthz"))
         .await

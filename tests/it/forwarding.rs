@@ -148,6 +148,13 @@ async fn a_client_cannot_strip_host_or_the_request_id_and_a_missing_host_is_fill
         let (response, _) = exchange_raw(&proxy, &request).await;
         assert!(response.starts_with("HTTP/1.1 400"), "{bad}: {response}");
     }
+    // Review: HTTP/1.0 may leave `Host` out, but two are as ambiguous as in HTTP/1.1.
+    let (response, _) = exchange_raw(
+        &proxy,
+        "GET /headers HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
     assert_eq!(backend.requests(), 2);
 }
 

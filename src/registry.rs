@@ -238,10 +238,19 @@ impl Registry {
     }
 
     /// Adds the entries to the pools of a new snapshot, then runs `store`; drops the entries
-    /// of pools it no longer has, and those whose address the pool now lists itself. Called by `Shared::store`, so it is atomic with the swap.
-    pub fn apply(&self, snapshot: &Snapshot, store: impl FnOnce()) {
+    /// of pools it no longer has, and those whose address the pool now lists itself; the
+    /// entries of `moved` pools (new protocol or TLS) become fresh upstreams. Called by
+    /// `Shared::store`, so it is atomic with the swap.
+    pub fn apply(&self, snapshot: &Snapshot, moved: &[&str], store: impl FnOnce()) {
         let mut entries = self.lock();
         let before = entries.len();
+        for ((pool, addr), entry) in entries.iter_mut() {
+            if moved.contains(&pool.as_str()) {
+                // Its pooled connections speak the pool's old protocol or TLS settings.
+                let weight = entry.upstream.weight;
+                entry.upstream = Arc::new(Upstream::new(*addr, weight, Source::Registry));
+            }
+        }
         entries.retain(|(pool, addr), _| {
             let Some(target) = snapshot.pool(pool) else {
                 tracing::info!(pool, %addr, "pool removed: registered instance dropped");

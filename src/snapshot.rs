@@ -353,11 +353,25 @@ impl Shared {
     /// Makes `snapshot` the running config.
     pub fn store(&self, snapshot: impl Into<Arc<Snapshot>>) {
         let snapshot = snapshot.into();
+        // Pools whose protocol or upstream TLS changed: their discovered and registered
+        // instances start afresh, as `build` does for the file's (their pooled connections
+        // speak the old transport).
+        let previous = self.current.load();
+        let moved: Vec<&str> = snapshot
+            .config
+            .pools
+            .iter()
+            .filter(|p| {
+                let old = previous.config.pools.iter().find(|o| o.name == p.name);
+                old.is_some_and(|o| o.protocol != p.protocol || o.tls != p.tls)
+            })
+            .map(|p| p.name.as_str())
+            .collect();
         // Discovered and registered instances join the new pools before anyone can see them
         // (locks in this order: discovery, registry, then each pool's membership).
-        self.discovery.apply(&snapshot, || {
+        self.discovery.apply(&snapshot, &moved, || {
             self.registry
-                .apply(&snapshot, || self.current.store(snapshot.clone()));
+                .apply(&snapshot, &moved, || self.current.store(snapshot.clone()));
         });
         self.swapped.notify_waiters();
     }

@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{EtcdDiscovery, PoolConfig};
+use crate::config::{EtcdDiscovery, PoolConfig, Protocol, UpstreamTls as UpstreamTlsConfig};
 use crate::snapshot::{Shared, Snapshot};
 use crate::upstream::{Source, Upstream};
 
@@ -52,14 +52,24 @@ enum Spec {
         hosts: Vec<dns::Host>,
         every: Duration,
     },
-    Etcd(EtcdDiscovery),
+    /// The pool's protocol and TLS settings are part of it: a change restarts the watcher,
+    /// from the fresh upstreams `Discovery::apply` made.
+    Etcd(EtcdDiscovery, Transport),
+}
+
+/// A pool's protocol and upstream TLS settings: what its pooled connections speak.
+type Transport = (Protocol, Option<UpstreamTlsConfig>);
+
+/// The transport of `cfg`.
+fn transport(cfg: &PoolConfig) -> Transport {
+    (cfg.protocol, cfg.tls.clone())
 }
 
 impl Spec {
     fn kind(&self) -> Kind {
         match self {
             Spec::Dns { .. } => Kind::Dns,
-            Spec::Etcd(_) => Kind::Etcd,
+            Spec::Etcd(..) => Kind::Etcd,
         }
     }
 
@@ -82,7 +92,7 @@ impl Spec {
             });
         }
         if let Some(etcd) = cfg.discovery.as_ref().and_then(|d| d.etcd.as_ref()) {
-            specs.push(Spec::Etcd(etcd.clone()));
+            specs.push(Spec::Etcd(etcd.clone(), transport(cfg)));
         }
         specs
     }
@@ -146,9 +156,21 @@ impl Discovery {
     /// its watcher has listed them again, as Envoy keeps a cluster's hosts until a new
     /// assignment arrives: dropping them at the swap would leave an etcd-only pool empty
     /// (`503`) for the length of that first listing. A new prefix is another service: its
-    /// old instances go at once.
-    pub fn apply(&self, snapshot: &Snapshot, store: impl FnOnce()) {
+    /// old instances go at once. The instances of `moved` pools (new protocol or upstream
+    /// TLS) become fresh upstreams, as the file's do.
+    pub fn apply(&self, snapshot: &Snapshot, moved: &[&str], store: impl FnOnce()) {
         let mut known = self.etcd_lock();
+        for (pool, k) in known.iter_mut() {
+            if moved.contains(&pool.as_str()) {
+                // New protocol or TLS: their pooled connections speak the old one. The
+                // pool's watcher restarts too (its spec has the transport), from these.
+                k.upstreams = k
+                    .upstreams
+                    .iter()
+                    .map(|u| Arc::new(Upstream::new(u.addr, u.weight, u.source)))
+                    .collect();
+            }
+        }
         known.retain(|pool, k| match etcd_config(snapshot, pool) {
             Some(config) if *config == k.config => true,
             Some(config) if config.prefix == k.config.prefix => {
@@ -178,12 +200,13 @@ impl Discovery {
     }
 
     /// Makes `upstreams` the etcd instances of `pool` in the running snapshot, unless its etcd
-    /// settings are no longer `config` (the task is being replaced).
+    /// settings are no longer `config` or its transport no longer `speaks` (the task is being
+    /// replaced).
     fn set_etcd(
         &self,
         shared: &Shared,
         pool: &str,
-        config: &EtcdDiscovery,
+        (config, speaks): (&EtcdDiscovery, &Transport),
         upstreams: Vec<Arc<Upstream>>,
     ) {
         let mut known = self.etcd_lock();
@@ -192,7 +215,10 @@ impl Discovery {
         let Some(target) = snapshot.pool(pool) else {
             return;
         };
-        if etcd_config(&snapshot, pool) != Some(config) {
+        let now = snapshot.config.pools.iter().find(|p| p.name == pool);
+        if etcd_config(&snapshot, pool) != Some(config)
+            || now.map(transport).as_ref() != Some(speaks)
+        {
             return;
         }
         known.insert(
@@ -337,7 +363,7 @@ fn start(
             };
             runtime.spawn(task.run(cancel.clone()));
         }
-        Spec::Etcd(config) => {
+        Spec::Etcd(config, speaks) => {
             tracing::info!(pool = %pool, endpoints = ?config.endpoints, prefix = %config.prefix, "etcd discovery started");
             let known = shared
                 .discovery
@@ -347,7 +373,7 @@ fn start(
             let task = etcd::Watcher::new(
                 weak,
                 pool,
-                config.clone(),
+                (config.clone(), speaks.clone()),
                 known.unwrap_or_default(),
                 failures.clone(),
                 rounds.clone(),

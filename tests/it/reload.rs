@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use switchyard::reload::watch::DEBOUNCE as DEBOUNCE_QUIET;
 use switchyard::reload::{ReloadError, ReloadStatus, Trigger};
+use switchyard::upstream::Source;
 use switchyard::{Server, ServerOptions};
 use tokio::time::Instant;
 
@@ -859,6 +860,19 @@ async fn registry_entries_survive_a_file_reload_and_go_with_their_pool() {
         seen.push(client.get("x", "/").await.text());
     }
     assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2, "{seen:?}");
+
+    // A new protocol keeps the entry, as a fresh upstream: the pooled connections it had
+    // speak HTTP/1.1 (review of this round: only the file's upstreams started afresh).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let h2 = text.replace("  - name: keep\n", "  - name: keep\n    protocol: h2\n");
+    assert_ne!(text, h2);
+    std::fs::write(&path, h2).unwrap();
+    assert_eq!(post_reload(admin, None).await.status, http::StatusCode::OK);
+    let moved = server.shared().snapshot().pool("keep").unwrap().upstreams()[1].clone();
+    assert_eq!((moved.addr, moved.source), (b.addr, Source::Registry));
+    assert!(!moved.same_instance(&registered), "a fresh upstream");
+    let instances = get_json(admin, "/registry").await["instances"].clone();
+    assert_eq!(instances.as_array().unwrap().len(), 1, "{instances}");
 
     // A reload without the pool drops its entries; the instance gets no more traffic.
     write_routed(&path, listener, "rr-3", "other", &[a.addr]);

@@ -77,6 +77,8 @@ pub(super) struct Watcher {
     shared: Weak<Shared>,
     pool: Arc<str>,
     config: EtcdDiscovery,
+    /// The pool's protocol and TLS settings this task was started for.
+    speaks: super::Transport,
     gateway: Gateway,
     /// The valid instances by key, as last read.
     instances: BTreeMap<String, (SocketAddr, u32)>,
@@ -91,12 +93,13 @@ pub(super) struct Watcher {
 // === impl Watcher ===
 
 impl Watcher {
-    /// A watcher of `config` for `pool`, which already has the etcd instances `known` (those
-    /// of the watcher it replaces, if any: the ones that are listed again keep their state).
+    /// A watcher of `config` for `pool` (whose upstreams speak `speaks`), which already has
+    /// the etcd instances `known` (those of the watcher it replaces, if any: the ones that
+    /// are listed again keep their state).
     pub(super) fn new(
         shared: Weak<Shared>,
         pool: Arc<str>,
-        config: EtcdDiscovery,
+        (config, speaks): (EtcdDiscovery, super::Transport),
         known: Vec<Arc<Upstream>>,
         failures: Arc<AtomicU64>,
         rounds: Arc<AtomicU64>,
@@ -106,6 +109,7 @@ impl Watcher {
             pool,
             gateway: Gateway::new(&config.endpoints),
             config,
+            speaks,
             instances: BTreeMap::new(),
             published: known,
             failures,
@@ -234,7 +238,7 @@ impl Watcher {
         if let Some(shared) = self.shared.upgrade() {
             shared
                 .discovery
-                .set_etcd(&shared, &self.pool, &self.config, next);
+                .set_etcd(&shared, &self.pool, (&self.config, &self.speaks), next);
         }
     }
 }

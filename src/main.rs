@@ -140,15 +140,16 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     config::load(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))
 }
 
-/// `--workers`: `auto` or a count of at least 1, as `workers` in the file.
+/// `--workers`: `auto` or a count from 1 to `MAX_WORKERS`, as `workers` in the file.
 fn parse_workers(text: &str) -> Result<Workers, String> {
     if text == "auto" {
         return Ok(Workers::Auto);
     }
     match text.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(Workers::Count(n)),
+        Ok(n) if (1..=config::MAX_WORKERS).contains(&n) => Ok(Workers::Count(n)),
         _ => Err(format!(
-            "expected `auto` or a number of at least 1, got `{text}`"
+            "expected `auto` or a number from 1 to {}, got `{text}`",
+            config::MAX_WORKERS
         )),
     }
 }

@@ -44,9 +44,13 @@ pub enum Workers {
     /// One worker per core.
     #[default]
     Auto,
-    /// Exactly this many workers (>= 1).
+    /// Exactly this many workers, 1..=[`MAX_WORKERS`].
     Count(usize),
 }
+
+/// Most worker threads `workers` (or `--workers`) may ask for: far past any core count, and
+/// low enough that the runtime can make them (a number in the billions aborted the start).
+pub const MAX_WORKERS: usize = 1024;
 
 /// Access log destination: `stdout`, `off` or a file path.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

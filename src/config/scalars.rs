@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::file::{AccessLog, HashKey, StatusRanges, Workers};
+use super::file::{AccessLog, HashKey, StatusRanges, Workers, MAX_WORKERS};
 use super::units;
 
 // === impl StatusRanges ===
@@ -120,7 +120,7 @@ impl<'de> Deserialize<'de> for StatusRanges {
 
 impl<'de> Deserialize<'de> for Workers {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        units::from_str(d, "`auto` or a positive integer")
+        units::from_str(d, "`auto` or an integer from 1 to 1024")
     }
 }
 
@@ -136,9 +136,9 @@ impl FromStr for Workers {
     fn from_str(text: &str) -> Result<Self, String> {
         match text.parse::<usize>() {
             _ if text == "auto" => Ok(Workers::Auto),
-            Ok(n) if n >= 1 => Ok(Workers::Count(n)),
+            Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(Workers::Count(n)),
             _ => Err(format!(
-                "invalid workers {text:?}: expected `auto` or a positive integer"
+                "invalid workers {text:?}: expected `auto` or an integer from 1 to {MAX_WORKERS}"
             )),
         }
     }

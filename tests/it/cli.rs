@@ -229,11 +229,12 @@ fn run_names_the_bind_line_of_an_address_in_use() {
 
 #[test]
 fn workers_is_auto_or_a_positive_number() {
-    for bad in ["0", "1.5", "many"] {
+    // Audit 3 F1: 99999999999 was taken and aborted the start.
+    for bad in ["0", "1.5", "many", "99999999999"] {
         let out = run_flag("--workers", bad);
         assert_eq!(out.status.code(), Some(2), "--workers {bad}");
         assert!(
-            stderr(&out).contains("expected `auto` or a number of at least 1"),
+            stderr(&out).contains("expected `auto` or a number from 1 to 1024"),
             "{}",
             stderr(&out)
         );

@@ -332,7 +332,14 @@ fn workers_zero_is_rejected() {
         &format!("workers: 0\n{BASE}"),
         1,
         10,
-        "expected `auto` or a positive integer",
+        "expected `auto` or an integer from 1 to 1024",
+    );
+    // Audit 3 F1: `check` took it, and the start aborted trying to make the threads.
+    assert_error(
+        &format!("workers: 99999999999\n{BASE}"),
+        1,
+        10,
+        "expected `auto` or an integer from 1 to 1024",
     );
     assert_eq!(
         parse_str(&format!("workers: 4\n{BASE}")).unwrap().workers,

@@ -52,11 +52,17 @@ use streams::{StreamExecutor, Streams};
 /// Pending connections the kernel queues for a listener.
 pub const DEFAULT_BACKLOG: i32 = 1024;
 
-/// Binds `addr` with `SO_REUSEADDR`, ready for tokio.
+/// Binds `addr` with `SO_REUSEADDR` (and `IPV6_V6ONLY` for an IPv6 address), ready for tokio.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // IPv6 only, as NGINX and Envoy bind `[::]`: `0.0.0.0:P` beside `[::]:P` is then
+        // two listeners (the overlap rule says so) rather than a bind that fails, and a
+        // client's IPv4 address is never logged as `::ffff:a.b.c.d`.
+        socket.set_only_v6(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(DEFAULT_BACKLOG)?;
@@ -721,5 +727,14 @@ mod tests {
         let mut got = [0u8; 6];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"onetwo");
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_listener_takes_ipv6_only() {
+        // Audit 3 F4: `[::]:P` was bound dual-stack, so `0.0.0.0:P` beside it failed to bind.
+        let Ok(listener) = bind("[::1]:0".parse().unwrap()) else {
+            return; // no IPv6 loopback on this machine
+        };
+        assert!(socket2::SockRef::from(&listener).only_v6().unwrap());
     }
 }

@@ -114,9 +114,26 @@ fn parse_log_level(text: &str) -> Result<String, String> {
         .map_err(|error| format!("{error} ({expected})"))
 }
 
+/// Level names of other loggers that `RUST_LOG` would take as a target (a bare word is one)
+/// and so enable nothing, errors included: refused like an unparsable filter.
+const LEVEL_TYPOS: [&str; 9] = [
+    "warning",
+    "WARNING",
+    "Warning",
+    "err",
+    "fatal",
+    "critical",
+    "notice",
+    "verbose",
+    "information",
+];
+
 fn init_tracing(level: &str) {
     let from_env = std::env::var_os("RUST_LOG").filter(|v| !v.is_empty());
     let parsed = from_env.as_ref().map(|v| match v.to_str() {
+        Some(text) if text.split(',').any(|d| LEVEL_TYPOS.contains(&d.trim())) => {
+            Err(format!("`{text}` names a level tracing does not have"))
+        }
         Some(text) => tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string()),
         None => Err("not UTF-8".to_owned()),
     });

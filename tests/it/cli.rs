@@ -268,17 +268,20 @@ fn a_log_level_tracing_cannot_read_is_a_usage_error() {
 
 #[test]
 fn an_unreadable_rust_log_is_warned_about_and_the_flag_used() {
-    let out = Command::new(BIN)
-        .env("RUST_LOG", "x===")
-        .args(["run", "--config", "/nonexistent.yaml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("RUST_LOG is not a valid filter; using --log-level"),
-        "{}",
-        stderr(&out)
-    );
+    // Audit 3 F6: `warning` was taken as a target name and silenced every log, errors too.
+    for bad in ["x===", "warning"] {
+        let out = Command::new(BIN)
+            .env("RUST_LOG", bad)
+            .args(["run", "--config", "/nonexistent.yaml"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("RUST_LOG is not a valid filter; using --log-level"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::io;
 use std::path::Path;
 
 use crate::config::{self, AccessLog, Config, ConfigError, ConfigErrors, Seg};
-use crate::listener::tls::TlsError;
+use crate::listener::tls::{TlsError, TlsFault, TlsSettings};
 use crate::snapshot::{resolve, BuildError, ListenerSettings};
 use crate::upstream::{self, UpstreamTls};
 
@@ -54,7 +54,16 @@ pub fn build_errors(config: &Config) -> Vec<BuildError> {
         }
     }
     for listener in &config.listeners {
-        if let Err(error) = ListenerSettings::build(listener) {
+        // Every certificate entry's fault, not only the first one the build stops at.
+        let faults = listener
+            .tls
+            .as_ref()
+            .map(TlsSettings::faults)
+            .unwrap_or_default();
+        if !faults.is_empty() {
+            let name = &listener.name;
+            errors.extend(faults.into_iter().map(|fault| BuildError::tls(name, fault)));
+        } else if let Err(error) = ListenerSettings::build(listener) {
             errors.push(error);
         }
     }
@@ -154,6 +163,16 @@ fn writable(path: &Path) -> io::Result<()> {
 // === impl BuildError ===
 
 impl BuildError {
+    /// The error of `fault`, in the TLS section of listener `listener`.
+    pub fn tls(listener: &str, fault: TlsFault) -> BuildError {
+        BuildError::Tls {
+            listener: listener.to_owned(),
+            entry: fault.entry,
+            path: fault.path,
+            reason: Box::new(fault.reason),
+        }
+    }
+
     /// This error as `FILE:LINE:COL: message`, pointing at the value it refuses in `text`,
     /// the text of `file` that `config` was parsed from.
     pub fn locate(&self, config: &Config, file: &Path, text: &str) -> ConfigError {
@@ -206,6 +225,7 @@ impl BuildError {
             }
             BuildError::Tls {
                 listener,
+                entry,
                 path: file,
                 reason,
             } => {
@@ -219,10 +239,14 @@ impl BuildError {
                     .map_or(&[][..], |tls| &tls.certificates);
                 // A file used as both certificate and key: a key problem points at `key`.
                 let key_first = matches!(
-                    reason,
+                    **reason,
                     TlsError::NoKey | TlsError::UnsupportedKey(_) | TlsError::KeyMismatch { .. }
                 );
+                // The entry at fault when the error says (the same file may be in several).
                 let found = pairs.iter().enumerate().find_map(|(k, pair)| {
+                    if entry.is_some_and(|e| e != k) {
+                        return None;
+                    }
                     match (pair.cert == *file, pair.key == *file) {
                         (cert, true) if key_first || !cert => Some((k, "key")),
                         (true, _) => Some((k, "cert")),

@@ -62,11 +62,13 @@ pub enum BuildError {
     Tls {
         /// The listener's name.
         listener: String,
+        /// The entry of its `certificates` at fault; `None` for the whole section.
+        entry: Option<usize>,
         /// The certificate or key file at fault.
         path: PathBuf,
-        /// What is wrong with it.
+        /// What is wrong with it (boxed: the other variants are small).
         #[source]
-        reason: TlsError,
+        reason: Box<TlsError>,
     },
 }
 
@@ -113,11 +115,7 @@ impl ListenerSettings {
             .as_ref()
             .map(TlsSettings::load)
             .transpose()
-            .map_err(|(path, reason)| BuildError::Tls {
-                listener: cfg.name.clone(),
-                path,
-                reason,
-            })?;
+            .map_err(|fault| BuildError::tls(&cfg.name, fault))?;
         Ok(ListenerSettings {
             name: Arc::from(cfg.name.as_str()),
             bind: cfg.bind,

@@ -76,20 +76,23 @@ pub struct TlsSettings {
 
 impl TlsSettings {
     /// Reads every certificate pair of `tls` and builds the server config. On error, returns
-    /// the offending file's path with what is wrong with it.
-    pub fn load(tls: &ListenerTls) -> Result<TlsSettings, (PathBuf, TlsError)> {
+    /// which entry and file is at fault, with what is wrong with it.
+    pub fn load(tls: &ListenerTls) -> Result<TlsSettings, TlsFault> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut certs = Vec::with_capacity(tls.certificates.len());
-        for pair in &tls.certificates {
-            let (cert_pem, key_pem) = (read(&pair.cert)?, read(&pair.key)?);
-            certs.push(certified(pair, &cert_pem, &key_pem, &provider)?);
+        for (entry, pair) in tls.certificates.iter().enumerate() {
+            certs.push(load_pair(pair, &provider).map_err(|fault| fault.at(entry))?);
         }
         let first = tls.certificates.first().map(|p| p.cert.clone());
-        let resolver = SniResolver::new(certs)
-            .ok_or_else(|| (first.clone().unwrap_or_default(), TlsError::NoCertificate))?;
+        let fault = |reason| TlsFault {
+            entry: None,
+            path: first.clone().unwrap_or_default(),
+            reason,
+        };
+        let resolver = SniResolver::new(certs).ok_or_else(|| fault(TlsError::NoCertificate))?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| (first.unwrap_or_default(), TlsError::Config(e)))?
+            .map_err(|e| fault(TlsError::Config(e)))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
@@ -97,6 +100,53 @@ impl TlsSettings {
             config: Arc::new(config),
         })
     }
+
+    /// What is wrong with each certificate pair of `tls`, all of them (for `check`).
+    pub fn faults(tls: &ListenerTls) -> Vec<TlsFault> {
+        let provider = rustls::crypto::ring::default_provider();
+        let pairs = tls.certificates.iter().enumerate();
+        pairs
+            .filter_map(|(entry, pair)| load_pair(pair, &provider).err().map(|f| f.at(entry)))
+            .collect()
+    }
+}
+
+/// A certificate pair's fault: the entry of `certificates` (when one is at fault), the file,
+/// and what is wrong with it.
+#[derive(Debug)]
+pub struct TlsFault {
+    /// Index in `certificates`; `None` for a fault of the whole section.
+    pub entry: Option<usize>,
+    /// The certificate or key file at fault.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: TlsError,
+}
+
+impl TlsFault {
+    fn at(self, entry: usize) -> TlsFault {
+        TlsFault {
+            entry: Some(entry),
+            ..self
+        }
+    }
+}
+
+/// Reads one pair's files and makes its signing key.
+fn load_pair(
+    pair: &CertificatePair,
+    provider: &CryptoProvider,
+) -> Result<(CertifiedKey, Vec<String>), TlsFault> {
+    let fault = |(path, reason)| TlsFault {
+        entry: None,
+        path,
+        reason,
+    };
+    let (cert_pem, key_pem) = (
+        read(&pair.cert).map_err(fault)?,
+        read(&pair.key).map_err(fault)?,
+    );
+    certified(pair, &cert_pem, &key_pem, provider).map_err(fault)
 }
 
 fn read(path: &Path) -> Result<Box<[u8]>, (PathBuf, TlsError)> {

@@ -120,6 +120,41 @@ fn a_missing_certificate_is_reported_at_its_cert_key() {
 }
 
 #[test]
+fn a_file_in_two_certificate_entries_is_reported_at_the_entry_at_fault() {
+    // Audit 3 F2 and F3: errors were placed by file name, at the first entry naming the
+    // file, and `check` listed only a listener's first bad entry.
+    let dir = TempDir::new("build-cert-entries");
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/keys/ec-pkcs8.pem");
+    std::fs::copy(key, dir.join("k.pem")).unwrap();
+    let tls = "  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - cert: missing.pem\n          key: k.pem\n        - cert: k.pem\n          key: k.pem\n";
+    let pool = "    upstreams:\n      - { addr: \"127.0.0.1:9\" }\n";
+    let path = write(&dir, &yaml(tls, "access_log: off\n", pool));
+    let (missing, key) = (dir.join("missing.pem"), dir.join("k.pem"));
+    let first = format!(
+        "{}:8:17: listener \"tls\": TLS file {}: cannot read the file",
+        path.display(),
+        missing.display()
+    );
+    let second = format!(
+        "{}:10:17: listener \"tls\": TLS file {}: no certificate found",
+        path.display(),
+        key.display()
+    );
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for want in [&first, &second] {
+        assert!(
+            err.lines().any(|l| l.starts_with(want.as_str())),
+            "{want}\n{err}"
+        );
+    }
+    // `run` stops at the first.
+    let err = stderr(&run(&path));
+    assert!(err.lines().any(|l| l.starts_with(first.as_str())), "{err}");
+}
+
+#[test]
 fn a_missing_ca_bundle_is_reported_at_its_ca_key() {
     let dir = TempDir::new("build-ca");
     let pool = "    tls: { server_name: up.test, ca: no-such-ca.pem }\n    upstreams:\n      - { addr: \"127.0.0.1:9\" }\n";

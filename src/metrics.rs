@@ -119,11 +119,37 @@ fn describe() {
     );
     metrics::describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections");
     metrics::describe_counter!(CONNECTIONS_TOTAL, "Accepted client connections");
+    metrics::describe_counter!(HEALTH_CHECKS_TOTAL, "Active health checks, by result");
+}
+
+/// Shows `switchyard_health_checks_total` at 0 for the upstreams not checked yet. The
+/// checks themselves are counted where they end (`Health::record_check`), in live series
+/// that, like every counter, stay until restart: a count derived from each upstream at
+/// scrape time went back to 0 when an upstream was removed and added back.
+fn register_health_series(snapshot: &Snapshot) {
+    for pool in &snapshot.pools {
+        for upstream in pool.upstreams().iter() {
+            for result in ["ok", "fail"] {
+                let labels = [
+                    Label::new("pool", pool.name.to_string()),
+                    Label::new("upstream", upstream.id.to_string()),
+                    Label::new("result", result),
+                ];
+                metrics::counter!(HEALTH_CHECKS_TOTAL, labels.iter()).increment(0);
+            }
+        }
+    }
 }
 
 /// What `/metrics` answers: the live series plus the state mirrored at this moment.
 pub fn render(snapshot: &Snapshot, state: &ScrapeState) -> String {
-    let mut text = install().map(PrometheusHandle::render).unwrap_or_default();
+    let mut text = match install() {
+        Some(handle) => {
+            register_health_series(snapshot);
+            handle.render()
+        }
+        None => String::new(),
+    };
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || record_state(snapshot, state));
@@ -173,7 +199,6 @@ fn record_state(snapshot: &Snapshot, state: &ScrapeState) {
         "1 when the upstream may take traffic, else 0"
     );
     metrics::describe_gauge!(UPSTREAM_IN_FLIGHT, "Requests in progress on the upstream");
-    metrics::describe_counter!(HEALTH_CHECKS_TOTAL, "Active health checks, by result");
     metrics::gauge!(CONFIG_GENERATION).set(snapshot.generation as f64);
     metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").absolute(state.reloads_ok);
     metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "error").absolute(state.reloads_error);
@@ -190,14 +215,6 @@ fn record_state(snapshot: &Snapshot, state: &ScrapeState) {
                 0.0
             });
             metrics::gauge!(UPSTREAM_IN_FLIGHT, labels.iter()).set(upstream.in_flight() as f64);
-            for (result, count) in [("ok", health.checks_ok), ("fail", health.checks_failed)] {
-                let labels = vec![
-                    labels[0].clone(),
-                    labels[1].clone(),
-                    Label::new("result", result),
-                ];
-                metrics::counter!(HEALTH_CHECKS_TOTAL, labels).absolute(count);
-            }
         }
     }
 }

@@ -461,6 +461,42 @@ async fn a_reload_reopens_an_access_log_rotated_away() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_counts_never_go_back_when_a_pool_leaves_and_returns() {
+    // Audit 3 F5: the count was each upstream's own, read at scrape time: removed and added
+    // back, the upstream started over and the counter went from 22 to 1.
+    use crate::metrics::value;
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("checks-monotonic");
+    let path = dir.join("proxy.yaml");
+    let listener = "l-checks-monotonic";
+    let checked = |pool: &str| {
+        let routes = route_to("r", pool, &[a.addr]).replace(
+            "    upstreams:\n",
+            "    health_check: { path: /, interval: 20ms }\n    upstreams:\n",
+        );
+        with_admin(listener, None, &routes)
+    };
+    std::fs::write(&path, checked("hc")).unwrap();
+    let (server, _, admin) = start_file(&path, listener).await;
+    let id = a.addr.to_string();
+    let labels = [("pool", "hc"), ("upstream", id.as_str()), ("result", "ok")];
+    let count = || value(admin, "switchyard_health_checks_total", &labels);
+    let deadline = Instant::now() + DEADLINE;
+    while count().await.unwrap_or(0.0) < 5.0 {
+        assert!(Instant::now() < deadline, "five checks never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = count().await.unwrap();
+    std::fs::write(&path, checked("other")).unwrap();
+    assert_eq!(post_reload(admin, None).await.status, http::StatusCode::OK);
+    std::fs::write(&path, checked("hc")).unwrap();
+    assert_eq!(post_reload(admin, None).await.status, http::StatusCode::OK);
+    let after = count().await.expect("the series is still there");
+    assert!(after >= before, "{before} -> {after}");
+    server.shutdown().await;
+}
+
 fn extra_listener(name: &str, port: u16) -> String {
     format!("  - name: {name}\n    bind: \"127.0.0.1:{port}\"\n")
 }

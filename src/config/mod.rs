@@ -93,7 +93,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
     if let Err(semantic) = validate::validate(path, text, &mut config) {
         // A rule broken next to a line taken out may be broken only because it is gone.
-        let unrelated = |e: &ConfigError| !repaired.iter().any(|r| r.contains(&e.line));
+        let unrelated = |e: &ConfigError| !repaired.iter().any(|r| r.covers(e.line, text));
         errors.extend(semantic.into_iter().filter(unrelated));
     }
     if !errors.is_empty() {

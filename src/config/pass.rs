@@ -30,11 +30,7 @@ const MAX_SERDE_ERRORS: usize = 20;
 pub(super) fn deserialize(
     path: &Path,
     text: &str,
-) -> (
-    Option<Config>,
-    Vec<ConfigError>,
-    Vec<std::ops::RangeInclusive<usize>>,
-) {
+) -> (Option<Config>, Vec<ConfigError>, Vec<Repaired>) {
     let mut edits = Edits {
         lines: text.lines().map(str::to_owned).collect(),
         inserted: Vec::new(),
@@ -147,18 +143,22 @@ impl Edits {
         self.in_file(*range.start())..=self.in_file(*range.end())
     }
 
-    /// Comments out line `line` (1-based), whose `key` serde refused; the lines of its
-    /// mapping, as lines of the file.
-    fn take_out(&mut self, line: usize, key: &str) -> std::ops::RangeInclusive<usize> {
+    /// Comments out line `line` (1-based), whose `key` serde refused; its mapping, in lines
+    /// of the file.
+    fn take_out(&mut self, line: usize, key: &str) -> Repaired {
         let mapping = enclosing_mapping(&self.lines, line - 1);
+        let indent = indent(&self.lines[line - 1]);
         self.removed.push(TakenOut {
             line,
             key: key.to_owned(),
-            indent: indent(&self.lines[line - 1]),
+            indent,
             mapping: mapping.clone(),
         });
         self.lines[line - 1].insert(0, '#');
-        self.range_in_file(mapping)
+        Repaired {
+            lines: self.range_in_file(mapping),
+            indent,
+        }
     }
 
     /// Comments out the second occurrence of `key`, at line `line`, when it is a plain
@@ -174,11 +174,7 @@ impl Edits {
     /// serde takes; the lines of that mapping, as lines of the file. A list item's dash
     /// moves to the new line, so the item's first line keeps its columns. `None` (nothing
     /// changed) for a `name` (see [`deserialize`]), a flow mapping, or no stand-in taken.
-    fn put_in(
-        &mut self,
-        err: &serde_yaml_ng::Error,
-        key: &str,
-    ) -> Option<std::ops::RangeInclusive<usize>> {
+    fn put_in(&mut self, err: &serde_yaml_ng::Error, key: &str) -> Option<Repaired> {
         let at = err.location()?;
         let (line, col) = (at.line(), at.column());
         if key == "name" || line == 0 || col == 0 {
@@ -232,7 +228,10 @@ impl Edits {
         self.lines.insert(line, moved);
         self.inserted.push(line + 1);
         // From the line moved down (a list item's dash line would take in the whole list).
-        Some(self.range_in_file(enclosing_mapping(&self.lines, line)))
+        Some(Repaired {
+            lines: self.range_in_file(enclosing_mapping(&self.lines, line)),
+            indent: col - 1,
+        })
     }
 }
 
@@ -240,6 +239,29 @@ impl Edits {
 /// a mapping (which the pass reports and steps over) does not make it fail.
 fn is_yaml(text: &str) -> bool {
     saphyr_parser::Parser::new_from_str(text).all(|event| event.is_ok())
+}
+
+/// A mapping that lost a line for a bad value, or got a stand-in: the rules its own keys
+/// break may be broken only by the default or stand-in, so those errors are left out.
+#[derive(Debug)]
+pub(super) struct Repaired {
+    /// Its lines, in the file.
+    lines: std::ops::RangeInclusive<usize>,
+    /// The column of its keys, less one.
+    indent: usize,
+}
+
+impl Repaired {
+    /// Whether an error on line `line` of the file, `text`, is about one of this mapping's
+    /// own keys (not a key of a mapping or list nested in it, which keep their errors).
+    pub(super) fn covers(&self, line: usize, text: &str) -> bool {
+        let key_column = |l: &str| l.len() - l.trim_start_matches([' ', '-']).len();
+        self.lines.contains(&line)
+            && text
+                .lines()
+                .nth(line - 1)
+                .is_some_and(|l| key_column(l) <= self.indent)
+    }
 }
 
 /// The spaces before a line's first other character.

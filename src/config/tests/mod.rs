@@ -816,3 +816,28 @@ pools:
     assert_eq!(positions(yaml), [(5, 5), (9, 11)], "{all:#?}");
     assert!(all[1].message.contains("unknown pool \"nope\""), "{all:#?}");
 }
+
+#[test]
+fn a_value_taken_out_hides_no_error_of_a_list_nested_below_it() {
+    // Audit 3 F7: `strategy: rr` taken out also hid `weight: 0` in the pool's upstreams.
+    let yaml = "\
+listeners:
+  - name: a
+    bind: \"127.0.0.1:20126\"
+routes:
+  - name: r
+    pool: p
+pools:
+  - name: p
+    strategy: rr
+    upstreams:
+      - addr: \"127.0.0.1:2\"
+        weight: 0
+";
+    let all = errors(yaml);
+    assert_eq!(positions(yaml), [(9, 15), (12, 17)], "{all:#?}");
+    assert!(
+        all[1].message.contains("weight 0 is out of range"),
+        "{all:#?}"
+    );
+}

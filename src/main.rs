@@ -53,7 +53,7 @@ struct RunArgs {
     #[arg(long, default_value = "info", value_parser = parse_log_level)]
     log_level: String,
     /// How long shutdown waits for in-flight requests, e.g. 30s.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = config::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
     /// Do not reload when the config file changes (SIGHUP still reloads).
     #[arg(long)]

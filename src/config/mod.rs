@@ -34,7 +34,8 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors};
 pub use file::*;
-pub(crate) use units::{format_duration, parse_duration};
+pub(crate) use units::format_duration;
+pub use units::parse_duration;
 pub use validate::{MAX_RETRIES, MIN_HEADER_BYTES};
 
 pub(crate) use locate::Seg;

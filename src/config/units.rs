@@ -20,7 +20,7 @@ const SIZE_EXPECTED: &str = "expected a size in bytes (an integer) or an integer
      B, KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000), like 64KiB";
 
 /// Parses `500ms`, `2s`, `1.5s`, `1m`, `1h`; a bare number or another unit is an error.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let err = || format!("invalid duration {text:?}: {DURATION_EXPECTED}");
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')

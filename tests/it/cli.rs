@@ -267,6 +267,29 @@ fn a_log_level_tracing_cannot_read_is_a_usage_error() {
 }
 
 #[test]
+fn drain_timeout_takes_durations_as_the_config_file_does() {
+    // Audit 3 F8: it used another grammar (`5 seconds` taken, `5sec` suggested).
+    for bad in ["5 seconds", "5sec", "5"] {
+        let out = run_flag("--drain-timeout", bad);
+        assert_eq!(out.status.code(), Some(2), "--drain-timeout {bad}");
+        assert!(
+            stderr(&out).contains("expected a duration with a unit, like 500ms, 2s or 1m"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    for good in ["0s", "1.5s", "2m", "500ms"] {
+        let out = run_flag("--drain-timeout", good);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "--drain-timeout {good}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn an_unreadable_rust_log_is_warned_about_and_the_flag_used() {
     // Audit 3 F6: `warning` was taken as a target name and silenced every log, errors too.
     for bad in ["x===", "warning"] {

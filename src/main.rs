@@ -114,12 +114,18 @@ fn parse_log_level(text: &str) -> Result<String, String> {
         .map_err(|error| format!("{error} ({expected})"))
 }
 
+/// Whether a `RUST_LOG` directive is one of [`LEVEL_TYPOS`], in any case (tracing reads its
+/// own levels so).
+fn is_level_typo(directive: &str) -> bool {
+    LEVEL_TYPOS
+        .iter()
+        .any(|typo| typo.eq_ignore_ascii_case(directive.trim()))
+}
+
 /// Level names of other loggers that `RUST_LOG` would take as a target (a bare word is one)
 /// and so enable nothing, errors included: refused like an unparsable filter.
-const LEVEL_TYPOS: [&str; 9] = [
+const LEVEL_TYPOS: [&str; 7] = [
     "warning",
-    "WARNING",
-    "Warning",
     "err",
     "fatal",
     "critical",
@@ -131,7 +137,7 @@ const LEVEL_TYPOS: [&str; 9] = [
 fn init_tracing(level: &str) {
     let from_env = std::env::var_os("RUST_LOG").filter(|v| !v.is_empty());
     let parsed = from_env.as_ref().map(|v| match v.to_str() {
-        Some(text) if text.split(',').any(|d| LEVEL_TYPOS.contains(&d.trim())) => {
+        Some(text) if text.split(',').any(is_level_typo) => {
             Err(format!("`{text}` names a level tracing does not have"))
         }
         Some(text) => tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string()),

@@ -95,8 +95,10 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 /// Parses a listener or admin `bind`: `IP:PORT`, `[IPv6]:PORT`, or `host:port` with a name
 /// resolved once, here (the first IPv4 address it has, else its first address).
 pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse() {
-        return Ok(addr);
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        // `[::ffff:127.0.0.1]:P` is an IPv4 address: IPv6 listeners are bound IPv6-only,
+        // where the kernel refuses it, and it competes with `127.0.0.1:P` for the port.
+        return Ok(SocketAddr::new(addr.ip().to_canonical(), addr.port()));
     }
     let invalid = || {
         format!(
@@ -370,6 +372,11 @@ mod tests {
     fn bind_addresses_are_host_port() {
         assert_eq!(parse_bind("0.0.0.0:8080"), Ok(([0, 0, 0, 0], 8080).into()));
         assert!(parse_bind("[::]:0").is_ok());
+        // Review: an IPv4-mapped address is the IPv4 one (an IPv6-only socket refuses it).
+        assert_eq!(
+            parse_bind("[::ffff:127.0.0.1]:8080"),
+            Ok(([127, 0, 0, 1], 8080).into())
+        );
         // Resolved from /etc/hosts; IPv4 first.
         assert_eq!(parse_bind("localhost:80"), Ok(([127, 0, 0, 1], 80).into()));
         for bad in [

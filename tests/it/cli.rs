@@ -292,7 +292,7 @@ fn drain_timeout_takes_durations_as_the_config_file_does() {
 #[test]
 fn an_unreadable_rust_log_is_warned_about_and_the_flag_used() {
     // Audit 3 F6: `warning` was taken as a target name and silenced every log, errors too.
-    for bad in ["x===", "warning"] {
+    for bad in ["x===", "warning", "FATAL"] {
         let out = Command::new(BIN)
             .env("RUST_LOG", bad)
             .args(["run", "--config", "/nonexistent.yaml"])

@@ -12,12 +12,21 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What the admin API asks of the rest of the process: reloading and lifecycle state.
 pub trait Control: Send + Sync + 'static {
-    /// Reloads the config file; the new generation, or why the file was refused.
-    fn reload(&self) -> BoxFuture<Result<u64, String>>;
+    /// Reloads the config file; the new generation, or why not.
+    fn reload(&self) -> BoxFuture<Result<u64, ReloadRefused>>;
     /// The outcome of the last reload (or the start, before any).
     fn last_reload(&self) -> LastReload;
     /// Whether shutdown has begun.
     fn is_draining(&self) -> bool;
+}
+
+/// Why [`Control::reload`] did not reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadRefused {
+    /// Shutdown has begun: nothing is left to reload into (not a failed reload).
+    Draining,
+    /// The reload failed: the file was refused, or its config could not be built.
+    Failed(String),
 }
 
 /// The last reload's outcome and the reload counts: the reloader's own status.
@@ -61,10 +70,10 @@ impl Default for StaticControl {
 }
 
 impl Control for StaticControl {
-    fn reload(&self) -> BoxFuture<Result<u64, String>> {
+    fn reload(&self) -> BoxFuture<Result<u64, ReloadRefused>> {
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
-        Box::pin(async { Err(RELOAD_UNAVAILABLE.to_owned()) })
+        Box::pin(async { Err(ReloadRefused::Failed(RELOAD_UNAVAILABLE.to_owned())) })
     }
 
     fn last_reload(&self) -> LastReload {
@@ -85,13 +94,16 @@ impl Control for StaticControl {
 }
 
 impl Control for crate::reload::Reloader {
-    fn reload(&self) -> BoxFuture<Result<u64, String>> {
+    fn reload(&self) -> BoxFuture<Result<u64, ReloadRefused>> {
         let reloader = self.clone();
         Box::pin(async move {
             reloader
                 .reload(crate::reload::Trigger::Admin)
                 .await
-                .map_err(|error| crate::error_chain(&error))
+                .map_err(|error| match error {
+                    crate::reload::ReloadError::Draining => ReloadRefused::Draining,
+                    error => ReloadRefused::Failed(crate::error_chain(&error)),
+                })
         })
     }
 

@@ -25,7 +25,9 @@
 pub mod api;
 mod control;
 
-pub use control::{BoxFuture, Control, LastReload, StaticControl, RELOAD_UNAVAILABLE};
+pub use control::{
+    BoxFuture, Control, LastReload, ReloadRefused, StaticControl, RELOAD_UNAVAILABLE,
+};
 
 use std::io;
 use std::net::SocketAddr;
@@ -309,11 +311,13 @@ async fn reload(state: &AdminState) -> Answer {
             &serde_json::json!({ "generation": generation }),
         ),
         // A reload that waited for another and found the drain begun.
-        Ok(Err(_)) if state.control.is_draining() => error(
+        Ok(Err(ReloadRefused::Draining)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the proxy is shutting down",
         ),
-        Ok(Err(message)) => error(StatusCode::UNPROCESSABLE_ENTITY, &message),
+        Ok(Err(ReloadRefused::Failed(message))) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, &message)
+        }
         Err(join) => {
             tracing::error!(error = %join, "reload task failed");
             error(

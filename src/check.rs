@@ -19,7 +19,7 @@ use std::path::Path;
 
 use crate::config::{self, AccessLog, Config, ConfigError, ConfigErrors, Seg};
 use crate::listener::tls::{TlsError, TlsFault, TlsSettings};
-use crate::snapshot::{resolve, BuildError, ListenerSettings};
+use crate::snapshot::{resolve, BuildError};
 use crate::upstream::{self, UpstreamTls};
 
 /// How many hostnames `check` resolves at once (one thread each).
@@ -53,19 +53,18 @@ pub fn build_errors(config: &Config) -> Vec<BuildError> {
             });
         }
     }
+    // What `ListenerSettings::build` would refuse, for every certificate entry rather than
+    // the first one it stops at (each file read once, so each warning is logged once). An
+    // empty list is a validation error, so the section as a whole cannot fail here.
     for listener in &config.listeners {
-        // Every certificate entry's fault, not only the first one the build stops at.
-        let faults = listener
-            .tls
-            .as_ref()
-            .map(TlsSettings::faults)
-            .unwrap_or_default();
-        if !faults.is_empty() {
-            let name = &listener.name;
-            errors.extend(faults.into_iter().map(|fault| BuildError::tls(name, fault)));
-        } else if let Err(error) = ListenerSettings::build(listener) {
-            errors.push(error);
-        }
+        let faults = listener.tls.as_ref().map(TlsSettings::faults);
+        let name = &listener.name;
+        errors.extend(
+            faults
+                .into_iter()
+                .flatten()
+                .map(|f| BuildError::tls(name, f)),
+        );
     }
     if let AccessLog::File(file) = &config.access_log {
         if let Err(error) = access_log_writable(file) {

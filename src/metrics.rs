@@ -5,11 +5,12 @@
 //! of series:
 //! - *live* ones, recorded where they happen: requests at response-head time in `proxy`
 //!   ([`RouteMetrics`]), upstream attempts and retries in `proxy::retry` ([`UpstreamMetrics`],
-//!   [`PoolMetrics`]), connections in `listener` ([`ListenerMetrics`]). The request path never
+//!   [`PoolMetrics`]), connections in `listener` ([`ListenerMetrics`]), health checks in
+//!   `upstream::health::checker` (each check task's two counters). The request path never
 //!   looks a series up by name: each owner keeps its handles, and series whose label set is
 //!   only known at run time (the status code) sit in a small copy-on-write [`CounterCache`]
 //!   read with one lock-free `ArcSwap` load;
-//! - *state* ones that mirror what the proxy knows (health, in-flight, check counts, config
+//! - *state* ones that mirror what the proxy knows (health, in-flight, config
 //!   generation, reload counts). [`render`] records them into a fresh recorder from the live
 //!   state at scrape time, so an upstream that went away also leaves the scrape.
 //!
@@ -122,10 +123,9 @@ fn describe() {
     metrics::describe_counter!(HEALTH_CHECKS_TOTAL, "Active health checks, by result");
 }
 
-/// Shows `switchyard_health_checks_total` at 0 for the upstreams not checked yet. The
-/// checks themselves are counted where they end (`Health::record_check`), in live series
-/// that, like every counter, stay until restart: a count derived from each upstream at
-/// scrape time went back to 0 when an upstream was removed and added back.
+/// Shows `switchyard_health_checks_total` at 0 for every upstream not checked yet (its pool
+/// may have no `health_check`). The checks are counted by each check task, in live series
+/// that, like every counter, stay until restart and never go back.
 fn register_health_series(snapshot: &Snapshot) {
     for pool in &snapshot.pools {
         for upstream in pool.upstreams().iter() {

@@ -287,17 +287,6 @@ impl Health {
             &self.checks_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        // A counter of its own, not derived from this upstream's counts at scrape time: an
-        // upstream removed and added back by reloads starts its counts over, and a
-        // Prometheus counter must not go back.
-        let outcome = if result.ok { "ok" } else { "fail" };
-        metrics::counter!(
-            crate::metrics::HEALTH_CHECKS_TOTAL,
-            "pool" => pool.to_owned(),
-            "upstream" => upstream.to_owned(),
-            "result" => outcome,
-        )
-        .increment(1);
         let mut state = self.state();
         state.last_check = Some(result);
         let Some(healthy) = state.counter.record(result.ok, t) else {

@@ -209,6 +209,16 @@ impl Task {
             unhealthy: self.config.unhealthy_threshold,
         };
         let mut jitter = Jitter::new(Arc::as_ptr(&self.upstream) as u64);
+        // `switchyard_health_checks_total`: live counters (shown at 0 from the start), so the
+        // count never goes back, even for an upstream removed and added back.
+        let counted = |result| {
+            let (pool, upstream) = (self.pool.to_string(), self.upstream.id.to_string());
+            let labels = [("pool", pool), ("upstream", upstream), ("result", result)];
+            let counter = metrics::counter!(crate::metrics::HEALTH_CHECKS_TOTAL, &labels);
+            counter.increment(0);
+            counter
+        };
+        let (passed, failed) = (counted("ok".to_owned()), counted("fail".to_owned()));
         let mut conn = None;
         loop {
             let started = tokio::time::Instant::now();
@@ -233,6 +243,7 @@ impl Task {
                 }
             };
             tracing::trace!(pool = %self.pool, upstream = %self.upstream.id, ok = result.ok, reason = %result.reason, "health check");
+            if result.ok { &passed } else { &failed }.increment(1);
             let h = &self.upstream.state.health;
             h.record_check(result, thresholds, &self.pool, &self.upstream.id);
             let next = started + jitter.around(self.config.interval);

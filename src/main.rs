@@ -165,16 +165,12 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 
 /// `--workers`: `auto` or a count from 1 to `MAX_WORKERS`, as `workers` in the file.
 fn parse_workers(text: &str) -> Result<Workers, String> {
-    if text == "auto" {
-        return Ok(Workers::Auto);
-    }
-    match text.parse::<usize>() {
-        Ok(n) if (1..=config::MAX_WORKERS).contains(&n) => Ok(Workers::Count(n)),
-        _ => Err(format!(
+    text.parse().map_err(|_| {
+        format!(
             "expected `auto` or a number from 1 to {}, got `{text}`",
             config::MAX_WORKERS
-        )),
-    }
+        )
+    })
 }
 
 fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {

@@ -158,7 +158,7 @@ impl Snapshot {
             // (and their connections) carry over only when those stay the same.
             let same_transport = previous
                 .and_then(|p| p.config.pools.iter().find(|c| c.name == cfg.name))
-                .is_some_and(|c| c.protocol == cfg.protocol && c.tls == cfg.tls);
+                .is_some_and(|c| c.same_transport(cfg));
             let reuse = |addr: SocketAddr, weight: u32, source: Source| {
                 // A new weight alone keeps the instance's state (`Upstream::reweighed`).
                 let reused = old.filter(|_| same_transport).and_then(|p| {
@@ -361,7 +361,7 @@ impl Shared {
             .iter()
             .filter(|p| {
                 let old = previous.config.pools.iter().find(|o| o.name == p.name);
-                old.is_some_and(|o| o.protocol != p.protocol || o.tls != p.tls)
+                old.is_some_and(|o| !o.same_transport(p))
             })
             .map(|p| p.name.as_str())
             .collect();

@@ -376,6 +376,16 @@ fn default_weight() -> u32 {
     DEFAULT_WEIGHT
 }
 
+// === impl PoolConfig ===
+
+impl PoolConfig {
+    /// Whether `other` reaches its upstreams the same way (protocol and TLS settings): what
+    /// pooled connections speak, so what decides whether upstreams keep them over a reload.
+    pub fn same_transport(&self, other: &PoolConfig) -> bool {
+        self.protocol == other.protocol && self.tls == other.tls
+    }
+}
+
 // === impl Default ===
 
 impl Default for Limits {

@@ -241,6 +241,14 @@ mod tests {
     fn workers_are_auto_or_positive() {
         assert_eq!("auto".parse(), Ok(Workers::Auto));
         assert_eq!("8".parse(), Ok(Workers::Count(8)));
+        // The type error's wording (a literal, for serde) names the same bound.
+        let error = serde_yaml_ng::from_str::<Workers>("[]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!("from 1 to {MAX_WORKERS}")),
+            "{error}"
+        );
         assert!("0".parse::<Workers>().is_err() && "many".parse::<Workers>().is_err());
     }
 }

@@ -216,9 +216,9 @@ impl Discovery {
             return;
         };
         let now = snapshot.config.pools.iter().find(|p| p.name == pool);
-        if etcd_config(&snapshot, pool) != Some(config)
-            || now.map(transport).as_ref() != Some(speaks)
-        {
+        let (protocol, tls) = speaks;
+        let same_transport = now.is_some_and(|p| p.protocol == *protocol && p.tls == *tls);
+        if etcd_config(&snapshot, pool) != Some(config) || !same_transport {
             return;
         }
         known.insert(

@@ -38,8 +38,20 @@ enum Command {
 #[derive(Debug, Args)]
 struct ConfigArg {
     /// Config file [default: $SWITCHYARD_CONFIG, else ./proxy.yaml]
-    #[arg(long, short, env = "SWITCHYARD_CONFIG", default_value = "proxy.yaml")]
-    config: PathBuf,
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// `--config`, else `$SWITCHYARD_CONFIG` when set and not empty (an empty one falls back
+    /// rather than being a usage error), else `proxy.yaml`.
+    fn path(&self) -> PathBuf {
+        let from_env = || std::env::var_os("SWITCHYARD_CONFIG").filter(|v| !v.is_empty());
+        self.config
+            .clone()
+            .or_else(|| from_env().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("proxy.yaml"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -63,7 +75,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check(args)) => check(&args.config),
+        Some(Command::Check(args)) => check(&args.path()),
         Some(Command::Run(args)) => exit(run(args, false)),
         Some(Command::Demo(args)) => exit(run(args, true)),
         None => exit(run(cli.run, false)),
@@ -175,7 +187,8 @@ fn parse_workers(text: &str) -> Result<Workers, String> {
 
 fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
     init_tracing(&args.log_level);
-    let config = load(&args.config.config)?;
+    let path = args.config.path();
+    let config = load(&path)?;
     let workers = match args.workers.unwrap_or(config.workers) {
         Workers::Count(n) => n,
         Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -196,7 +209,7 @@ fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
         let mut signals = ShutdownSignals::install();
         let hup = hangup_signal();
         let options = ServerOptions {
-            config_path: Some(args.config.config.clone()),
+            config_path: Some(path.clone()),
             drain: args.drain_timeout,
             watch: !args.no_watch,
         };

@@ -1,6 +1,6 @@
 //! The command line through the real binary: `check`, `--version`, `--help`, run and SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -264,6 +264,34 @@ fn a_log_level_tracing_cannot_read_is_a_usage_error() {
             stderr(&out)
         );
     }
+}
+
+#[test]
+fn the_config_comes_from_the_flag_then_the_environment_then_the_working_directory() {
+    let dir = TempDir::new("config-sources");
+    let (named, local) = (dir.join("named.yaml"), dir.join("proxy.yaml"));
+    std::fs::write(&named, VALID).unwrap();
+    std::fs::write(&local, VALID.replace("name: r", "name: r2")).unwrap();
+    let check = |env: Option<&str>, flag: Option<&Path>| {
+        let mut command = Command::new(BIN);
+        command.current_dir(dir.join("")).arg("check");
+        command.env_remove("SWITCHYARD_CONFIG");
+        if let Some(value) = env {
+            command.env("SWITCHYARD_CONFIG", value);
+        }
+        if let Some(path) = flag {
+            command.arg("--config").arg(path);
+        }
+        let out = command.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let named_text = named.display().to_string();
+    assert!(check(Some(&named_text), None).starts_with(&named_text));
+    assert!(check(None, None).starts_with("proxy.yaml"));
+    // Audit 3 F8: set but empty was a usage error (`a value is required for '--config'`).
+    assert!(check(Some(""), None).starts_with("proxy.yaml"));
+    assert!(check(Some("/nonexistent.yaml"), Some(&named)).starts_with(&named_text));
 }
 
 #[test]

@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::Pending;
-use crate::listener::{http1, RequestGuard};
+use crate::listener::{h2, http1, RequestGuard};
 use crate::upstream::{h1, Connection, InFlight};
 
 /// Why a request body could not be forwarded.
@@ -39,9 +39,9 @@ pub enum ClientBodyError {
     /// Our HTTP/1.1 server.
     #[error(transparent)]
     H1(#[from] http1::BodyError),
-    /// hyper's HTTP/2 server.
+    /// Our HTTP/2 server.
     #[error(transparent)]
-    H2(#[from] hyper::Error),
+    H2(#[from] h2::BodyError),
 }
 
 /// A client's request body as its server hands it over.
@@ -51,8 +51,8 @@ pub enum ClientBody {
     Empty,
     /// Read by our HTTP/1.1 server.
     H1(http1::Body),
-    /// An HTTP/2 stream's body, from hyper's server.
-    H2(Incoming),
+    /// An HTTP/2 stream's body, read by our HTTP/2 server.
+    H2(h2::Body),
 }
 
 impl Body for ClientBody {

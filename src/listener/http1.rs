@@ -1040,7 +1040,7 @@ fn encode_head(
     (framing, keep_alive)
 }
 
-fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+pub(super) fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -1068,7 +1068,7 @@ thread_local! {
 }
 
 /// The current time as an IMF-fixdate, formatted at most once a second per thread.
-fn now_date() -> [u8; 29] {
+pub(super) fn now_date() -> [u8; 29] {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)

@@ -17,12 +17,11 @@
 //! head together must fit in `header_timeout`.
 
 mod activity;
+pub mod h2;
 pub mod http1;
 mod signal;
-mod streams;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
@@ -31,9 +30,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -47,7 +43,6 @@ use crate::snapshot::{ListenerSettings, Shared, Snapshot};
 pub use activity::RequestGuard;
 use activity::{Activity, Expiry, WatchedIo};
 use signal::Signal;
-use streams::{StreamExecutor, Streams};
 
 /// Pending connections the kernel queues for a listener.
 pub const DEFAULT_BACKLOG: i32 = 1024;
@@ -310,26 +305,15 @@ struct Signals {
     abort: Signal,
 }
 
-/// A listener's HTTP settings: our own HTTP/1.1 server's head limit, and hyper's HTTP/2
-/// server.
+/// A listener's HTTP settings: the request-head limit of our HTTP/1.1 and HTTP/2 servers.
 #[derive(Debug)]
 struct Builders {
-    http2: http2::Builder<StreamExecutor>,
     max_head: usize,
 }
 
 impl Builders {
     fn new(limits: &Limits) -> Builders {
-        let mut http2 = http2::Builder::new(StreamExecutor);
-        http2
-            .timer(TokioTimer::new())
-            // Twice ours: a list between the two reaches `proxy::handle`, which answers 431
-            // with the proxy's body, metrics and log line; past it, h2 answers a bare 431.
-            .max_header_list_size(
-                u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
-            );
         Builders {
-            http2,
             max_head: limits.max_header_bytes,
         }
     }
@@ -393,8 +377,7 @@ async fn serve_plain(
     match sniffed {
         Ok(Some(true)) => {
             let io = WatchedIo::new(stream, activity.clone(), buf.freeze());
-            crate::pin_in_place(|| serve_h2(io, ctx, &builders.http2, limits, activity, signals))
-                .await;
+            crate::pin_in_place(|| serve_h2(io, ctx, limits, activity, signals)).await;
         }
         Ok(Some(false)) => {
             serve_h1(stream, buf, ctx, builders, limits, activity, signals).await;
@@ -457,7 +440,7 @@ async fn serve_tls(
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let io = WatchedIo::new(stream, activity.clone(), Bytes::new());
-        serve_h2(io, ctx, &builders.http2, limits, activity, signals).await;
+        serve_h2(io, ctx, limits, activity, signals).await;
     } else {
         serve_h1(
             stream,
@@ -511,11 +494,11 @@ async fn serve_h1<S: http1::Stream + 'static>(
     }
 }
 
-/// Serves HTTP/2 with hyper's server on an established (plaintext or decrypted) stream.
+/// Serves HTTP/2 with our own server (`h2`) on an established (plaintext or decrypted)
+/// stream.
 async fn serve_h2<S>(
     io: WatchedIo<S>,
     ctx: ConnContext,
-    builder: &http2::Builder<StreamExecutor>,
     limits: &Limits,
     activity: Arc<Activity>,
     signals: &Signals,
@@ -523,30 +506,22 @@ async fn serve_h2<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = ctx.client;
-    let ctx = Arc::new(ctx);
-    let requests = activity.clone();
-    let max_header_bytes = limits.max_header_bytes;
-    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        let ctx = ctx.clone();
+    let ctx = &ctx;
+    let requests = &activity;
+    let make = move |req: http::Request<ClientBody>| {
         let guard = requests.start_request();
-        if header_list_size(&req) > max_header_bytes {
-            req.extensions_mut().insert(proxy::HeadersTooLarge);
-        }
         async move {
-            // Boxed: hyper moves each stream's future on its way to the executor; unboxed,
-            // every move copies the whole request future (4 KiB).
-            let req = req.map(ClientBody::H2);
-            let response = crate::pin_in_place(|| proxy::handle(&ctx, req)).await;
-            Ok::<_, Infallible>(response.map(|body| body.with_request_guard(guard)))
+            let response = proxy::handle(ctx, req).await;
+            response.map(|body| body.with_request_guard(guard))
         }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    // The streams run in this task, beside the connection (see `streams`).
-    let mut streams = Streams::default();
+    };
+    let settings = h2::Settings {
+        max_header_bytes: limits.max_header_bytes,
+    };
+    let mut conn = h2::new(io, settings, make);
     macro_rules! served {
         () => {
-            std::future::poll_fn(|cx| streams.poll_with(cx, conn.as_mut()))
+            std::future::poll_fn(|cx| conn.poll(cx))
         };
     }
     // Requests end in the streams, which run in this task.
@@ -557,7 +532,7 @@ async fn serve_h2<S>(
         result = served!() => result,
         () = signals.abort.fired() => return,
         () = signals.shutdown.fired() => {
-            conn.as_mut().graceful_shutdown();
+            conn.graceful();
             tokio::select! {
                 result = served!() => result,
                 _ = &mut watchdog => return,
@@ -565,9 +540,9 @@ async fn serve_h2<S>(
             }
         }
         _ = &mut watchdog => {
-            // Idle: GOAWAY, then a PING whose answer a stalled client never sends: bound the
-            // wait for it.
-            conn.as_mut().graceful_shutdown();
+            // Idle: GOAWAY, then close once it is written (a stalled client that reads
+            // nothing is bounded by the header timeout).
+            conn.graceful();
             tokio::select! {
                 result = served!() => result,
                 () = tokio::time::sleep(limits.header_timeout) => {
@@ -581,24 +556,6 @@ async fn serve_h2<S>(
     if let Err(error) = result {
         tracing::debug!(%client, error = %crate::error_chain(&error), "client connection ended with an error");
     }
-}
-
-/// An HTTP/2 request's header list size as RFC 9113 section 6.5.2 counts it (name, value and
-/// 32 bytes per field, pseudo-header fields included), the measure of `max_header_bytes` there.
-fn header_list_size<B>(req: &http::Request<B>) -> usize {
-    let uri = req.uri();
-    let pseudo = ":method".len()
-        + req.method().as_str().len()
-        + ":path".len()
-        + uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + ":scheme".len()
-        + uri.scheme_str().map_or(0, str::len)
-        + ":authority".len()
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + 4 * 32;
-    req.headers().iter().fold(pseudo, |n, (name, value)| {
-        n + name.as_str().len() + value.len() + 32
-    })
 }
 
 /// A client's socket. It keeps its connection counted in `switchyard_connections_active`

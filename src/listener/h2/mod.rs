@@ -1,0 +1,382 @@
+//! Our own HTTP/2 server side of a client connection (RFC 9113), driven by the connection's
+//! task.
+//!
+//! One state machine per connection reads frames from the socket, decodes each request's
+//! header block (`hpack`, `request`), and runs `proxy::handle` for each stream inside the
+//! connection's task (a `FuturesUnordered`, no task per stream). As responses finish, their
+//! header blocks and DATA frames are appended to one write buffer, within the client's flow
+//! control windows, and leave together in one write per turn: the responses of every stream
+//! that finished in that turn share a system call, as in a single-threaded event loop.
+//!
+//! A request body is handed to the proxy through a small slot per stream (`body`), and the
+//! client gets window back only as the upstream takes the bytes. What the server refuses
+//! follows RFC 9113 section 5.4: a malformed request or a stream's flow-control fault resets
+//! that stream (RST_STREAM); a broken frame, a broken header compression state or a
+//! connection window overrun ends the connection with GOAWAY and the error code.
+//!
+//! Limits: 100 concurrent streams (`SETTINGS_MAX_CONCURRENT_STREAMS`, as HAProxy's default; a
+//! stream past it is refused with REFUSED_STREAM, which a client retries), a 1 MiB window per
+//! stream and 2 MiB per connection for request bodies, a header list of `max_header_bytes`
+//! (past it the proxy answers `431`), frames of 16 KiB. Timeouts stay with the listener's
+//! watchdog; a drain sends GOAWAY, lets the streams in flight finish, then closes.
+
+mod body;
+mod frame;
+mod hpack;
+mod huffman;
+mod recv;
+mod request;
+mod send;
+
+use std::future::Future;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use http::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::coop::has_budget_remaining;
+
+use body::Chan;
+pub use body::{Body, BodyError};
+use frame::Reason;
+use hpack::Decoder;
+
+use crate::body::{ClientBody, ResponseBody};
+
+/// The most streams a client may have open at once.
+const MAX_CONCURRENT: u32 = 100;
+/// The window each stream's request body starts with.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// The connection's window for request bodies.
+const CONN_WINDOW: u32 = 2 << 20;
+/// Window given back once this much is free again (or a stream's body ended).
+const CREDIT_AT: usize = 32 * 1024;
+/// Response bodies stop being read while this much is waiting to be written.
+const MAX_OUT: usize = 64 * 1024;
+/// The client's requests stop being read while this much is waiting to be written.
+const MAX_OUT_READING: usize = 256 * 1024;
+/// Room made for each read.
+const READ: usize = 16 * 1024;
+/// The largest header block (HEADERS and its CONTINUATIONs) taken in.
+const MAX_BLOCK: usize = 256 * 1024;
+/// The first bytes of every HTTP/2 connection (RFC 9113 section 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Why a connection ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// Reading or writing the client's socket failed.
+    #[error("client connection I/O failed")]
+    Io(#[from] io::Error),
+    /// The client broke the protocol; it was sent GOAWAY with this code.
+    #[error("HTTP/2 protocol error from the client: {0:?}")]
+    Protocol(Reason),
+}
+
+/// A connection error: GOAWAY with this code, then close.
+type ConnResult<T = ()> = Result<T, Reason>;
+
+/// What the connection needs from its listener.
+pub(super) struct Settings {
+    /// `limits.max_header_bytes`: the header list size past which a request gets `431`.
+    pub(super) max_header_bytes: usize,
+}
+
+/// Serves HTTP/2 on `io` (its preface not yet read) until the client closes, an error, or
+/// [`Conn::graceful`] and the last stream's end. `make` starts a stream's response.
+pub(super) fn new<S, F, M>(io: S, settings: Settings, make: M) -> Conn<S, F, M>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = Response<ResponseBody>>,
+    M: FnMut(Request<ClientBody>) -> F,
+{
+    let mut out = Vec::with_capacity(4 * 1024);
+    frame::put_settings(
+        &mut out,
+        &[
+            (frame::SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT),
+            (frame::SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+            (
+                frame::SETTINGS_MAX_HEADER_LIST_SIZE,
+                u32::try_from(settings.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            ),
+        ],
+    );
+    frame::put_window_update(&mut out, 0, CONN_WINDOW - frame::DEFAULT_WINDOW as u32);
+    Conn {
+        io,
+        make,
+        max_header_bytes: settings.max_header_bytes,
+        read: BytesMut::with_capacity(READ),
+        out,
+        written: 0,
+        preface: false,
+        settled: false,
+        decoder: Decoder::new(4096),
+        block: None,
+        streams: Vec::new(),
+        running: FuturesUnordered::new(),
+        last_id: 0,
+        conn_send: frame::DEFAULT_WINDOW,
+        conn_recv: i64::from(CONN_WINDOW),
+        conn_credit: 0,
+        peer_window: frame::DEFAULT_WINDOW,
+        peer_max_frame: frame::DEFAULT_MAX_FRAME,
+        goaway: None,
+        peer_gone: false,
+        failed: None,
+    }
+}
+
+/// One client connection's HTTP/2 state.
+pub(super) struct Conn<S, F, M> {
+    io: S,
+    make: M,
+    max_header_bytes: usize,
+    read: BytesMut,
+    /// Frames to write; `out[..written]` already went.
+    out: Vec<u8>,
+    written: usize,
+    /// The client's preface has been read.
+    preface: bool,
+    /// The client's first SETTINGS has been read.
+    settled: bool,
+    decoder: Decoder,
+    /// A header block whose CONTINUATIONs are still coming.
+    block: Option<Block>,
+    streams: Vec<Stream>,
+    running: FuturesUnordered<Tagged<F>>,
+    /// The highest stream the client opened.
+    last_id: u32,
+    /// What the client lets us send on the connection.
+    conn_send: i64,
+    /// What the client may still send us on the connection.
+    conn_recv: i64,
+    /// Bytes taken off the connection's window that can be given back.
+    conn_credit: usize,
+    /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
+    peer_window: i64,
+    /// The client's SETTINGS_MAX_FRAME_SIZE.
+    peer_max_frame: usize,
+    /// GOAWAY went out, naming this last stream.
+    goaway: Option<u32>,
+    /// The client sent GOAWAY.
+    peer_gone: bool,
+    /// A connection error was sent: close once written.
+    failed: Option<Reason>,
+}
+
+/// A header block in pieces (HEADERS without END_HEADERS, then CONTINUATION).
+struct Block {
+    stream: u32,
+    end_stream: bool,
+    bytes: BytesMut,
+}
+
+/// One open stream.
+struct Stream {
+    id: u32,
+    /// The request body's slot, when the request has one.
+    chan: Option<std::sync::Arc<Chan>>,
+    /// The client may still send on this stream.
+    recv_open: bool,
+    /// What the client may still send on this stream.
+    recv_window: i64,
+    /// Bytes taken off `recv_window` that can be given back.
+    credit: usize,
+    /// Bytes handed to the body and not yet given back to the connection.
+    unreleased: usize,
+    /// The declared `content-length`, and the bytes received.
+    length: Option<u64>,
+    received: u64,
+    /// What the client lets us send on this stream.
+    send_window: i64,
+    /// The request is HEAD: the response has no body, whatever its length says.
+    head_request: bool,
+    send: Send,
+}
+
+/// Where a stream's response is.
+// Every stream goes from `Waiting` to `Body` in place: boxing the body would only add an
+// allocation per response.
+#[allow(clippy::large_enum_variant)]
+enum Send {
+    /// The proxy is still working on it.
+    Waiting,
+    /// The head went; the body goes as the windows allow. `pending` is read from the body
+    /// and not yet sent; `last` says nothing follows it.
+    Body {
+        body: ResponseBody,
+        pending: Bytes,
+        last: bool,
+    },
+}
+
+pin_project_lite::pin_project! {
+    /// A stream's response future, tagged with its stream, which the connection can cancel
+    /// (the client reset the stream) and whose panic ends that stream alone.
+    struct Tagged<F> {
+        id: u32,
+        waker: Option<Waker>,
+        #[pin]
+        future: Option<F>,
+    }
+}
+
+impl<F: Future> Future for Tagged<F> {
+    type Output = (u32, Option<F::Output>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
+            return Poll::Ready((*this.id, None));
+        };
+        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *this.waker = Some(cx.waker().clone());
+        }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready((*this.id, Some(output))),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => {
+                tracing::error!("an HTTP/2 stream panicked; it is reset");
+                this.future.set(None);
+                Poll::Ready((*this.id, None))
+            }
+        }
+    }
+}
+
+impl<F> Tagged<F> {
+    /// Drops the stream's future now; the connection hears of it once more, with nothing.
+    fn cancel(self: Pin<&mut Self>) {
+        let mut this = self.project();
+        this.future.set(None);
+        if let Some(waker) = this.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+// === impl Conn ===
+
+impl<S, F, M> Conn<S, F, M>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = Response<ResponseBody>>,
+    M: FnMut(Request<ClientBody>) -> F,
+{
+    /// Stops taking new streams: GOAWAY names the last one taken, the others finish.
+    pub(super) fn graceful(&mut self) {
+        if self.goaway.is_none() && self.failed.is_none() {
+            frame::put_goaway(&mut self.out, self.last_id, Reason::NoError);
+            self.goaway = Some(self.last_id);
+        }
+    }
+
+    /// Runs the connection until it is done.
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            let mut progress = false;
+            if self.failed.is_none() && self.out.len() - self.written < MAX_OUT_READING {
+                match self.poll_read(cx) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(_)) => {
+                        progress = true;
+                        if let Err(reason) = self.on_frames(cx) {
+                            self.fail(reason);
+                        }
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                    Poll::Pending => {}
+                }
+            }
+            if self.failed.is_none() {
+                while let Poll::Ready(Some((id, response))) = self.running.poll_next_unpin(cx) {
+                    progress = true;
+                    self.respond(id, response);
+                }
+                progress |= self.poll_bodies(cx);
+                self.give_credit();
+            }
+            match self.poll_write(cx) {
+                // Partly written counts as progress: the loop comes back to write the rest.
+                Poll::Ready(Ok(wrote)) => {
+                    progress |= wrote;
+                    if self.written == self.out.len() {
+                        if let Some(reason) = self.failed {
+                            return Poll::Ready(Err(Error::Protocol(reason)));
+                        }
+                        if self.is_done() {
+                            return Pin::new(&mut self.io).poll_shutdown(cx).map_err(Error::Io);
+                        }
+                    }
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => {}
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+            if !has_budget_remaining() {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Nothing is left to serve after a GOAWAY either way.
+    fn is_done(&self) -> bool {
+        (self.goaway.is_some() || self.peer_gone)
+            && self.streams.is_empty()
+            && self.running.is_empty()
+    }
+
+    /// Sends GOAWAY with `reason`; the connection closes once it is written.
+    fn fail(&mut self, reason: Reason) {
+        tracing::debug!(?reason, "HTTP/2 connection error; sending GOAWAY");
+        frame::put_goaway(&mut self.out, self.last_id, reason);
+        self.failed = Some(reason);
+        for stream in self.streams.drain(..) {
+            if let Some(chan) = &stream.chan {
+                chan.end(None, Some(BodyError::Closed));
+            }
+        }
+        for tagged in Pin::new(&mut self.running).iter_pin_mut() {
+            tagged.cancel();
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ / 2 {
+            self.read.reserve(READ);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Writes what is buffered; ready once all of it went, with whether anything did now.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut wrote = false;
+        while self.written < self.out.len() {
+            let out = &self.out[self.written..];
+            let n = match Pin::new(&mut self.io).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending if wrote => return Poll::Ready(Ok(true)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.written += n;
+            wrote = true;
+        }
+        if wrote {
+            self.out.clear();
+            self.written = 0;
+            std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        }
+        Poll::Ready(Ok(wrote))
+    }
+}

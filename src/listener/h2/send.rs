@@ -1,0 +1,277 @@
+//! Responses on their way to the client: header blocks, DATA frames within the client's
+//! windows, trailers, and the end of each stream (RFC 9113 sections 5.1, 6.9 and 8.1).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::frame::{self, Reason};
+use super::request;
+use super::{BodyError, Conn, Send, Stream, CREDIT_AT, MAX_OUT};
+use crate::body::{ClientBody, ResponseBody};
+
+/// What one turn of a stream's body did.
+enum Sent {
+    /// Nothing more can go now (no window, no frame ready, or the buffer is full).
+    Waiting,
+    /// The response ended.
+    Finished,
+    /// The body failed: the stream is reset.
+    Failed,
+}
+
+impl<S, F, M> Conn<S, F, M>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = Response<ResponseBody>>,
+    M: FnMut(Request<ClientBody>) -> F,
+{
+    /// The position of stream `id` among the open ones.
+    pub(super) fn find(&self, id: u32) -> Option<usize> {
+        self.streams.iter().position(|s| s.id == id)
+    }
+
+    /// Resets the stream at `at` with `reason`.
+    pub(super) fn reset(&mut self, at: usize, reason: Reason) {
+        frame::put_reset(&mut self.out, self.streams[at].id, reason);
+        self.remove(at, BodyError::Reset);
+    }
+
+    /// Resets stream `id`, open or not.
+    pub(super) fn reset_id(&mut self, id: u32, reason: Reason) {
+        match self.find(id) {
+            Some(at) => self.reset(at, reason),
+            None => frame::put_reset(&mut self.out, id, reason),
+        }
+    }
+
+    /// Forgets the stream at `at`: its future is dropped, its body ends with `error` if it
+    /// was still coming, and what it held of the connection's window is given back.
+    pub(super) fn remove(&mut self, at: usize, error: BodyError) {
+        let stream = self.streams.swap_remove(at);
+        if let Some(chan) = &stream.chan {
+            if stream.recv_open {
+                chan.end(None, Some(error));
+            }
+            self.conn_credit += stream.unreleased;
+        }
+        if matches!(stream.send, Send::Waiting) {
+            if let Some(tagged) = Pin::new(&mut self.running)
+                .iter_pin_mut()
+                .find(|t| t.id == stream.id)
+            {
+                tagged.cancel();
+            }
+        }
+    }
+
+    /// The response is all sent: a client still sending its body is told to stop.
+    fn finish(&mut self, at: usize) {
+        if self.streams[at].recv_open {
+            frame::put_reset(&mut self.out, self.streams[at].id, Reason::NoError);
+        }
+        self.remove(at, BodyError::Reset);
+    }
+
+    /// A stream's response is ready (`None`: its future was cancelled or panicked).
+    pub(super) fn respond(&mut self, id: u32, response: Option<Response<ResponseBody>>) {
+        let Some(at) = self.find(id) else {
+            return;
+        };
+        let Some(response) = response else {
+            self.reset(at, Reason::InternalError);
+            return;
+        };
+        let (head, body) = response.into_parts();
+        let stream = &mut self.streams[at];
+        let bodiless = stream.head_request
+            || head.status == StatusCode::NO_CONTENT
+            || head.status == StatusCode::NOT_MODIFIED;
+        let end = bodiless || body.is_end_stream();
+        let length = body.size_hint().exact().filter(|_| {
+            head.status != StatusCode::NO_CONTENT && head.status != StatusCode::NOT_MODIFIED
+        });
+        let flags = if end { frame::END_STREAM } else { 0 };
+        let max_frame = self.peer_max_frame;
+        write_block(&mut self.out, max_frame, id, flags, |out| {
+            request::encode_head(out, Some(head.status.as_u16()), &head.headers, length);
+        });
+        if end {
+            drop(body);
+            self.finish(at);
+        } else {
+            stream.send = Send::Body {
+                body,
+                pending: Bytes::new(),
+                last: false,
+            };
+        }
+    }
+
+    /// Sends what the streams' bodies have ready, within the windows; whether anything went.
+    pub(super) fn poll_bodies(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        let mut at = 0;
+        while at < self.streams.len() {
+            if self.out.len() - self.written >= MAX_OUT {
+                break;
+            }
+            let before = self.out.len();
+            let sent = self.send_body(at, cx);
+            progress |= self.out.len() != before;
+            match sent {
+                Sent::Waiting => at += 1,
+                Sent::Finished => {
+                    progress = true;
+                    self.finish(at);
+                }
+                Sent::Failed => {
+                    progress = true;
+                    self.reset(at, Reason::InternalError);
+                }
+            }
+        }
+        progress
+    }
+
+    fn send_body(&mut self, at: usize, cx: &mut Context<'_>) -> Sent {
+        let Conn {
+            streams,
+            out,
+            conn_send,
+            peer_max_frame,
+            written,
+            ..
+        } = self;
+        let stream: &mut Stream = &mut streams[at];
+        let id = stream.id;
+        let Send::Body {
+            body,
+            pending,
+            last,
+        } = &mut stream.send
+        else {
+            return Sent::Waiting;
+        };
+        loop {
+            if !pending.is_empty() {
+                let room = (*conn_send).min(stream.send_window).max(0) as usize;
+                let n = pending.len().min(*peer_max_frame).min(room);
+                if n == 0 {
+                    return Sent::Waiting;
+                }
+                let end = *last && n == pending.len();
+                frame::put_head(
+                    out,
+                    n,
+                    frame::DATA,
+                    if end { frame::END_STREAM } else { 0 },
+                    id,
+                );
+                out.extend_from_slice(&pending[..n]);
+                bytes::Buf::advance(pending, n);
+                *conn_send -= n as i64;
+                stream.send_window -= n as i64;
+                if end {
+                    return Sent::Finished;
+                }
+                if out.len() - *written >= MAX_OUT {
+                    return Sent::Waiting;
+                }
+                continue;
+            }
+            if *last {
+                frame::put_head(out, 0, frame::DATA, frame::END_STREAM, id);
+                return Sent::Finished;
+            }
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        *pending = data;
+                        *last = body.is_end_stream();
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            write_trailers(out, *peer_max_frame, id, &trailers);
+                            return Sent::Finished;
+                        }
+                    }
+                },
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::debug!(%error, "response body failed; resetting the stream");
+                    return Sent::Failed;
+                }
+                Poll::Ready(None) => *last = true,
+                Poll::Pending => return Sent::Waiting,
+            }
+        }
+    }
+
+    /// Gives the client window back for what the bodies took.
+    pub(super) fn give_credit(&mut self) {
+        for stream in &mut self.streams {
+            if let Some(chan) = &stream.chan {
+                let (n, _) = chan.released();
+                stream.unreleased -= n;
+                self.conn_credit += n;
+                stream.credit += n;
+            }
+            if stream.recv_open && stream.credit >= CREDIT_AT {
+                frame::put_window_update(&mut self.out, stream.id, stream.credit as u32);
+                stream.recv_window += stream.credit as i64;
+                stream.credit = 0;
+            }
+        }
+        if self.conn_credit >= CREDIT_AT {
+            frame::put_window_update(&mut self.out, 0, self.conn_credit as u32);
+            self.conn_recv += self.conn_credit as i64;
+            self.conn_credit = 0;
+        }
+    }
+}
+
+/// Appends a HEADERS frame for `id` whose block `encode` writes, split into CONTINUATION
+/// frames when it is longer than the client's frames may be.
+fn write_block(
+    out: &mut Vec<u8>,
+    max_frame: usize,
+    id: u32,
+    flags: u8,
+    encode: impl FnOnce(&mut Vec<u8>),
+) {
+    let at = frame::open_head(out, frame::HEADERS, flags | frame::END_HEADERS, id);
+    encode(out);
+    let len = out.len() - at - frame::HEAD_LEN;
+    if len <= max_frame {
+        frame::patch_len(out, at, len);
+        return;
+    }
+    let block = out.split_off(at + frame::HEAD_LEN);
+    out.truncate(at);
+    let mut chunks = block.chunks(max_frame).peekable();
+    let mut kind = frame::HEADERS;
+    let mut first_flags = flags;
+    while let Some(chunk) = chunks.next() {
+        let end_headers = if chunks.peek().is_none() {
+            frame::END_HEADERS
+        } else {
+            0
+        };
+        frame::put_head(out, chunk.len(), kind, first_flags | end_headers, id);
+        out.extend_from_slice(chunk);
+        kind = frame::CONTINUATION;
+        first_flags = 0;
+    }
+}
+
+/// Appends a trailer section, which ends the stream.
+fn write_trailers(out: &mut Vec<u8>, max_frame: usize, id: u32, trailers: &HeaderMap) {
+    write_block(out, max_frame, id, frame::END_STREAM, |out| {
+        request::encode_head(out, None, trailers, None);
+    });
+}

@@ -3,7 +3,8 @@
 //!
 //! One state machine per connection reads frames from the socket, decodes each request's
 //! header block (`hpack`, `request`), and runs `proxy::handle` for each stream inside the
-//! connection's task (a `FuturesUnordered`, no task per stream). As responses finish, their
+//! connection's task (`slots`: no task per stream, and a stream's future reuses the memory of
+//! an earlier one). As responses finish, their
 //! header blocks and DATA frames are appended to one write buffer, within the client's flow
 //! control windows, and leave together in one write per turn: the responses of every stream
 //! that finished in that turn share a system call, as in a single-threaded event loop.
@@ -27,15 +28,14 @@ mod huffman;
 mod recv;
 mod request;
 mod send;
+mod slots;
 
 use std::future::Future;
 use std::io;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::coop::has_budget_remaining;
@@ -46,9 +46,12 @@ use frame::Reason;
 use hpack::Decoder;
 
 use crate::body::{ClientBody, ResponseBody};
+use slots::Slots;
 
 /// The most streams a client may have open at once.
 const MAX_CONCURRENT: u32 = 100;
+// Every stream the client may open has a slot.
+const _: () = assert!(MAX_CONCURRENT as usize <= slots::MAX);
 /// The window each stream's request body starts with.
 const STREAM_WINDOW: u32 = 1 << 20;
 /// The connection's window for request bodies.
@@ -119,7 +122,7 @@ where
         decoder: Decoder::new(4096),
         block: None,
         streams: Vec::new(),
-        running: FuturesUnordered::new(),
+        running: Slots::new(),
         last_id: 0,
         conn_send: frame::DEFAULT_WINDOW,
         conn_recv: i64::from(CONN_WINDOW),
@@ -149,7 +152,7 @@ pub(super) struct Conn<S, F, M> {
     /// A header block whose CONTINUATIONs are still coming.
     block: Option<Block>,
     streams: Vec<Stream>,
-    running: FuturesUnordered<Tagged<F>>,
+    running: Slots<F>,
     /// The highest stream the client opened.
     last_id: u32,
     /// What the client lets us send on the connection.
@@ -216,51 +219,6 @@ enum Send {
     },
 }
 
-pin_project_lite::pin_project! {
-    /// A stream's response future, tagged with its stream, which the connection can cancel
-    /// (the client reset the stream) and whose panic ends that stream alone.
-    struct Tagged<F> {
-        id: u32,
-        waker: Option<Waker>,
-        #[pin]
-        future: Option<F>,
-    }
-}
-
-impl<F: Future> Future for Tagged<F> {
-    type Output = (u32, Option<F::Output>);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let Some(future) = this.future.as_mut().as_pin_mut() else {
-            return Poll::Ready((*this.id, None));
-        };
-        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *this.waker = Some(cx.waker().clone());
-        }
-        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(Poll::Ready(output)) => Poll::Ready((*this.id, Some(output))),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_) => {
-                tracing::error!("an HTTP/2 stream panicked; it is reset");
-                this.future.set(None);
-                Poll::Ready((*this.id, None))
-            }
-        }
-    }
-}
-
-impl<F> Tagged<F> {
-    /// Drops the stream's future now; the connection hears of it once more, with nothing.
-    fn cancel(self: Pin<&mut Self>) {
-        let mut this = self.project();
-        this.future.set(None);
-        if let Some(waker) = this.waker.take() {
-            waker.wake();
-        }
-    }
-}
-
 // === impl Conn ===
 
 impl<S, F, M> Conn<S, F, M>
@@ -295,7 +253,7 @@ where
                 }
             }
             if self.failed.is_none() {
-                while let Poll::Ready(Some((id, response))) = self.running.poll_next_unpin(cx) {
+                while let Some((id, response)) = self.running.next(cx) {
                     progress = true;
                     self.respond(id, response);
                 }
@@ -345,9 +303,7 @@ where
                 chan.end(None, Some(BodyError::Closed));
             }
         }
-        for tagged in Pin::new(&mut self.running).iter_pin_mut() {
-            tagged.cancel();
-        }
+        self.running = Slots::new();
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {

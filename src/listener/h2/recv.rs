@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::frame::{self, Head, Reason};
 use super::request::{self, Refused};
 use super::{
-    Block, BodyError, Chan, Conn, ConnResult, Send, Stream, Tagged, MAX_BLOCK, MAX_CONCURRENT,
-    PREFACE, STREAM_WINDOW,
+    Block, BodyError, Chan, Conn, ConnResult, Send, Stream, MAX_BLOCK, MAX_CONCURRENT, PREFACE,
+    STREAM_WINDOW,
 };
 use crate::body::{ClientBody, ResponseBody};
 
@@ -416,11 +416,7 @@ where
             send: Send::Waiting,
         });
         let future = (self.make)(Request::from_parts(head.parts, body));
-        self.running.push(Tagged {
-            id,
-            waker: None,
-            future: Some(future),
-        });
+        self.running.start(id, future);
     }
 
     /// Whether `id` names a stream the client has not opened yet.

@@ -61,12 +61,7 @@ where
             self.conn_credit += stream.unreleased;
         }
         if matches!(stream.send, Send::Waiting) {
-            if let Some(tagged) = Pin::new(&mut self.running)
-                .iter_pin_mut()
-                .find(|t| t.id == stream.id)
-            {
-                tagged.cancel();
-            }
+            self.running.cancel(stream.id);
         }
     }
 

@@ -40,6 +40,8 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// First read buffer size; grown only for larger heads and bodies.
 const INITIAL_READ: usize = 4 * 1024;
+/// Field names of the last response kept per connection (see `Conn::field_name`).
+const NAMES_KEPT: usize = 16;
 /// Largest single body read.
 const MAX_READ: usize = 64 * 1024;
 /// At most this much of a request body is written together with its head.
@@ -155,6 +157,43 @@ pub struct Conn {
     wbuf: Vec<u8>,
     /// Whether it came from the idle list (then a close before any answer is not an error).
     reused: bool,
+    /// The field names of the last response, in order: an upstream sends the same ones
+    /// each time, and a name found here is not parsed again. Boxed: a connection is moved
+    /// several times per request, and the box keeps it small.
+    names: Box<Names>,
+}
+
+/// The field names of a connection's last response, as sent and as parsed (the first
+/// [`NAMES_KEPT`]).
+#[derive(Debug, Default)]
+struct Names {
+    /// The names as sent, one after another.
+    raw: Vec<u8>,
+    /// Where each ends in `raw`.
+    ends: Vec<usize>,
+    parsed: Vec<HeaderName>,
+}
+
+impl Names {
+    /// The `i`th name, if it was sent as `raw` (byte for byte: comparing is then as cheap
+    /// as it gets).
+    fn get(&self, i: usize, raw: &[u8]) -> Option<&HeaderName> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        (self.raw[start..end] == *raw).then(|| &self.parsed[i])
+    }
+
+    /// Keeps `name`, sent as `raw`, as the `i`th, forgetting those after it.
+    fn keep(&mut self, i: usize, raw: &[u8], name: &HeaderName) {
+        self.ends.truncate(i);
+        self.parsed.truncate(i);
+        self.raw.truncate(self.ends.last().copied().unwrap_or(0));
+        if i < NAMES_KEPT {
+            self.raw.extend_from_slice(raw);
+            self.ends.push(self.raw.len());
+            self.parsed.push(name.clone());
+        }
+    }
 }
 
 // === impl Conn ===
@@ -168,6 +207,7 @@ impl Conn {
             read_hint: INITIAL_READ,
             wbuf: Vec::new(),
             reused: false,
+            names: Box::default(),
         }
     }
 
@@ -394,6 +434,16 @@ impl Conn {
         }
     }
 
+    /// The name of a response's `i`th field: the last response's when it is the same.
+    fn field_name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, Error> {
+        if let Some(name) = self.names.get(i, raw) {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| Error::Parse("invalid field name"))?;
+        self.names.keep(i, raw, &name);
+        Ok(name)
+    }
+
     /// Builds the response from the head of `len` bytes at the front of the read buffer.
     fn response(
         mut self,
@@ -434,9 +484,8 @@ impl Conn {
         let mut chunked = false;
         let mut other_coding = false;
         let mut length: Option<u64> = None;
-        for field in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| Error::Parse("invalid field name"))?;
+        for (i, field) in parsed.headers.iter().enumerate() {
+            let name = self.field_name(i, field.name.as_bytes())?;
             let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
                 .map_err(|_| Error::Parse("invalid field value"))?;
             if name == header::CONNECTION {
@@ -1317,6 +1366,30 @@ mod tests {
         assert_eq!(response.status(), 204);
         assert!(response.body().is_end_stream());
         assert_eq!(up.state.h1_idle.len(), 1, "a bodyless answer pools at once");
+    }
+
+    #[tokio::test]
+    async fn field_names_kept_from_the_last_response_are_reused_only_when_they_match() {
+        let up = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nServer: a\r\nX-One: 1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            // Same names in other cases, then a different name where `x-one` was.
+            b"HTTP/1.1 200 OK\r\nSERVER: b\r\nX-Two: 2\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\nSERVER: c\r\nX-Two: 3\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        ])
+        .await;
+        let first = get(connect(&up).await, Method::GET, &up).await.unwrap();
+        assert_eq!(first.headers()["x-one"], "1");
+        let conn = up.state.h1_idle.pop().unwrap();
+        let second = get(conn, Method::GET, &up).await.unwrap();
+        let names: Vec<&str> = second.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["server", "x-two", "content-length"]);
+        assert_eq!(second.headers()["server"], "b");
+        assert!(!second.headers().contains_key("x-one"));
+        // The same names again: taken from the connection's list.
+        let conn = up.state.h1_idle.pop().unwrap();
+        let third = get(conn, Method::GET, &up).await.unwrap();
+        assert_eq!(third.headers()["x-two"], "3");
+        assert_eq!(third.headers().len(), 3);
     }
 
     #[tokio::test]

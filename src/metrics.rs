@@ -1,8 +1,10 @@
 //! Prometheus metrics (SPEC section 9): names, the recorder, cached handles, scrape-time state.
 //!
-//! Recording goes through the `metrics` crate into `metrics-exporter-prometheus`'s recorder,
-//! installed once per process by [`install`]; `/metrics` is its own text rendering. Two kinds
-//! of series:
+//! Counters and gauges go through the `metrics` crate into `metrics-exporter-prometheus`'s
+//! recorder, installed once per process by [`install`]; `/metrics` is its own text rendering,
+//! followed by the request-duration histograms, which are ours ([`DurationHistogram`]: one
+//! atomic add per bucket and sum, where the exporter queues every sample for a thread to
+//! fold). Two kinds of series:
 //! - *live* ones, recorded where they happen: requests at response-head time in `proxy`
 //!   ([`RouteMetrics`]), upstream attempts and retries in `proxy::retry` ([`UpstreamMetrics`],
 //!   [`PoolMetrics`]), connections in `listener` ([`ListenerMetrics`]), health checks in
@@ -17,13 +19,14 @@
 //! Label values are configured names, upstream addresses and status codes, never raw paths or
 //! client addresses, so the number of series stays bounded.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use metrics::{Counter, Gauge, Histogram, Label};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Label};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
@@ -60,9 +63,6 @@ pub const DURATION_BUCKETS: [f64; 17] = [
     20.0, 30.0,
 ];
 
-/// How often histogram samples are folded into their buckets when nobody scrapes.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once; later calls are free).
@@ -73,28 +73,13 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)
-                .expect("the bucket list is not empty");
-            let recorder = builder.build_recorder();
+            let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("another metrics recorder is installed; live metrics go there");
                 return None;
             }
             describe();
-            // Histogram samples queue up until folded into buckets: do that off the request
-            // path, on a small thread of its own, whether or not anyone scrapes.
-            let upkeep = handle.clone();
-            let spawned = std::thread::Builder::new()
-                .name("switchyard-metrics".into())
-                .spawn(move || loop {
-                    std::thread::sleep(UPKEEP_INTERVAL);
-                    upkeep.run_upkeep();
-                });
-            if let Err(error) = spawned {
-                tracing::warn!(%error, "cannot start the metrics upkeep thread");
-            }
             Some(handle)
         })
         .as_ref()
@@ -104,11 +89,6 @@ fn describe() {
     metrics::describe_counter!(
         REQUESTS_TOTAL,
         "Requests answered, by route and status code"
-    );
-    metrics::describe_histogram!(
-        REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "Time from the request's arrival to its response head"
     );
     metrics::describe_counter!(
         UPSTREAM_REQUESTS_TOTAL,
@@ -150,6 +130,7 @@ pub fn render(snapshot: &Snapshot, state: &ScrapeState) -> String {
         }
         None => String::new(),
     };
+    render_durations(&mut text);
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || record_state(snapshot, state));
@@ -254,7 +235,7 @@ impl<K: Clone> CounterCache<K> {
 pub struct RouteMetrics {
     route: Arc<str>,
     pool: Arc<str>,
-    duration: OnceLock<Histogram>,
+    duration: OnceLock<Arc<DurationHistogram>>,
     /// Keyed by (listener name, status code).
     requests: CounterCache<(Arc<str>, u16)>,
 }
@@ -289,13 +270,113 @@ impl RouteMetrics {
                 "code" => status.to_string());
             ((listener.clone(), status), counter)
         });
-        let duration = self.duration.get_or_init(|| {
-            metrics::histogram!(REQUEST_DURATION,
-                "route" => self.route.to_string(),
-                "pool" => self.pool.to_string())
-        });
-        duration.record(elapsed.as_secs_f64());
+        self.duration
+            .get_or_init(|| DurationHistogram::series(&self.route, &self.pool))
+            .record(elapsed);
     }
+}
+
+/// The bounds of [`DURATION_BUCKETS`] in nanoseconds.
+const DURATION_BOUNDS_NS: [u64; DURATION_BUCKETS.len()] = {
+    let mut ns = [0; DURATION_BUCKETS.len()];
+    let mut i = 0;
+    while i < ns.len() {
+        ns[i] = (DURATION_BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    ns
+};
+
+/// Every `switchyard_request_duration_seconds` series, by (route, pool), as a
+/// counter stays until restart.
+type DurationSeries = Vec<((Arc<str>, Arc<str>), Arc<DurationHistogram>)>;
+static DURATIONS: Mutex<DurationSeries> = Mutex::new(Vec::new());
+
+/// One `switchyard_request_duration_seconds{route,pool}` series: a count per bucket and the
+/// sum, each one relaxed atomic add per request (the exporter's own histograms queue each
+/// sample for a thread to fold, several times the cost), made cumulative at scrape time.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    /// Samples per bucket, not cumulative; the last one is above every bound.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// The series of `route` and `pool`, registered the first time it is asked for.
+    pub fn series(route: &Arc<str>, pool: &Arc<str>) -> Arc<DurationHistogram> {
+        let mut all = DURATIONS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, series)) = all.iter().find(|((r, p), _)| r == route && p == pool) {
+            return series.clone();
+        }
+        let series = Arc::new(DurationHistogram::default());
+        all.push(((route.clone(), pool.clone()), series.clone()));
+        series
+    }
+
+    /// Counts one sample.
+    pub fn record(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = DURATION_BOUNDS_NS
+            .iter()
+            .position(|&bound| ns <= bound)
+            .unwrap_or(DURATION_BOUNDS_NS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Appends the series' lines in the Prometheus text format.
+    fn render(&self, route: &str, pool: &str, text: &mut String) {
+        let labels = format!("route=\"{}\",pool=\"{}\"", escape(route), escape(pool));
+        let mut count = 0;
+        for (bucket, bound) in self.buckets.iter().zip(DURATION_BUCKETS) {
+            count += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                text,
+                "{REQUEST_DURATION}_bucket{{{labels},le=\"{bound}\"}} {count}"
+            );
+        }
+        count += self.buckets[DURATION_BUCKETS.len()].load(Ordering::Relaxed);
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            text,
+            "{REQUEST_DURATION}_bucket{{{labels},le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(text, "{REQUEST_DURATION}_sum{{{labels}}} {sum}");
+        let _ = writeln!(text, "{REQUEST_DURATION}_count{{{labels}}} {count}");
+    }
+}
+
+/// Appends the `switchyard_request_duration_seconds` family, if any request was answered.
+fn render_durations(text: &mut String) {
+    let all = DURATIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if all.is_empty() {
+        return;
+    }
+    if !text.is_empty() && !text.ends_with("\n\n") {
+        text.push('\n');
+    }
+    let _ = writeln!(
+        text,
+        "# HELP {REQUEST_DURATION} Time from the request's arrival to its response head"
+    );
+    let _ = writeln!(text, "# TYPE {REQUEST_DURATION} histogram");
+    for ((route, pool), series) in all.iter() {
+        series.render(route, pool, text);
+    }
+    text.push('\n');
+}
+
+/// A label value as the text format quotes it.
+fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
 }
 
 /// Records one request the proxy answered; `route` is `None` when none matched.
@@ -417,5 +498,60 @@ pub struct ActiveConnection(Gauge);
 impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_series_renders_cumulative_buckets_sum_and_count() {
+        let series = DurationHistogram::default();
+        // On a bound counts in that bucket (`le`); past the last bound only in +Inf.
+        series.record(Duration::from_micros(500));
+        series.record(Duration::from_micros(501));
+        series.record(Duration::from_millis(3));
+        series.record(Duration::from_secs(31));
+        let mut text = String::new();
+        series.render("r\"1", "p", &mut text);
+        let lines: Vec<&str> = text.lines().collect();
+        let name = REQUEST_DURATION;
+        let labels = r#"route="r\"1",pool="p""#;
+        assert_eq!(
+            lines[0],
+            format!("{name}_bucket{{{labels},le=\"0.0005\"}} 1")
+        );
+        assert_eq!(
+            lines[1],
+            format!("{name}_bucket{{{labels},le=\"0.001\"}} 2")
+        );
+        assert_eq!(
+            lines[2],
+            format!("{name}_bucket{{{labels},le=\"0.0025\"}} 2")
+        );
+        assert_eq!(
+            lines[3],
+            format!("{name}_bucket{{{labels},le=\"0.005\"}} 3")
+        );
+        assert_eq!(lines[10], format!("{name}_bucket{{{labels},le=\"1\"}} 3"));
+        assert_eq!(lines[16], format!("{name}_bucket{{{labels},le=\"30\"}} 3"));
+        assert_eq!(
+            lines[17],
+            format!("{name}_bucket{{{labels},le=\"+Inf\"}} 4")
+        );
+        assert_eq!(lines[18], format!("{name}_sum{{{labels}}} 31.004001"));
+        assert_eq!(lines[19], format!("{name}_count{{{labels}}} 4"));
+        assert_eq!(lines.len(), 20);
+    }
+
+    #[test]
+    fn one_series_per_route_and_pool() {
+        let (route, pool): (Arc<str>, Arc<str>) = (Arc::from("series-r"), Arc::from("series-p"));
+        let a = DurationHistogram::series(&route, &pool);
+        let b = DurationHistogram::series(&Arc::from("series-r"), &Arc::from("series-p"));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = DurationHistogram::series(&route, &Arc::from("other"));
+        assert!(!Arc::ptr_eq(&a, &c));
     }
 }

@@ -517,6 +517,7 @@ async fn serve_h2<S>(
     };
     let settings = h2::Settings {
         max_header_bytes: limits.max_header_bytes,
+        activity: activity.clone(),
     };
     let mut conn = h2::new(io, settings, make);
     macro_rules! served {

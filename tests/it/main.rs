@@ -16,6 +16,7 @@ mod discovery;
 mod errors;
 mod forwarding;
 mod grpc;
+mod h2_frames;
 mod h2_idle;
 mod health;
 mod http1;

@@ -40,6 +40,9 @@ pub struct Body {
     length: Option<u64>,
     /// Bytes handed out so far.
     taken: u64,
+    /// The client waits for `100 Continue` before it sends the body: asked for on the first
+    /// poll that finds nothing.
+    expect_continue: bool,
 }
 
 /// The slot one stream's connection and body share.
@@ -57,6 +60,8 @@ struct Slot {
     released: usize,
     /// The body was dropped: what arrives from now on is released at once.
     dropped: bool,
+    /// The body is waiting for a client that waits for `100 Continue`.
+    continue_wanted: bool,
     body: Option<Waker>,
     conn: Option<Waker>,
 }
@@ -66,12 +71,22 @@ impl Chan {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A body reading from `chan`, which declared `length` bytes.
-    pub(super) fn body(chan: &Arc<Chan>, length: Option<u64>) -> Body {
+    /// A slot whose connection's task is `conn`.
+    pub(super) fn new(conn: &Waker) -> Arc<Chan> {
+        Arc::new(Chan(Mutex::new(Slot {
+            conn: Some(conn.clone()),
+            ..Slot::default()
+        })))
+    }
+
+    /// A body reading from `chan`, which declared `length` bytes and may wait for `100
+    /// Continue` (`expect_continue`).
+    pub(super) fn body(chan: &Arc<Chan>, length: Option<u64>, expect_continue: bool) -> Body {
         Body {
             chan: chan.clone(),
             length,
             taken: 0,
+            expect_continue,
         }
     }
 
@@ -109,10 +124,14 @@ impl Chan {
         }
     }
 
-    /// Takes the bytes released since the last call; whether the body was dropped.
-    pub(super) fn released(&self) -> (usize, bool) {
+    /// Takes the bytes released since the last call, and whether the body asked for `100
+    /// Continue` meanwhile.
+    pub(super) fn collect(&self) -> (usize, bool) {
         let mut slot = self.lock();
-        (std::mem::take(&mut slot.released), slot.dropped)
+        (
+            std::mem::take(&mut slot.released),
+            std::mem::take(&mut slot.continue_wanted),
+        )
     }
 }
 
@@ -127,6 +146,7 @@ impl http_body::Body for Body {
         let this = self.get_mut();
         let mut slot = this.chan.lock();
         if let Some(data) = slot.data.pop_front() {
+            this.expect_continue = false;
             slot.released += data.len();
             this.taken += data.len() as u64;
             let conn = if slot.released >= WAKE_AT || (slot.ended && slot.data.is_empty()) {
@@ -143,6 +163,14 @@ impl http_body::Body for Body {
         if !slot.ended {
             if !slot.body.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 slot.body = Some(cx.waker().clone());
+            }
+            if std::mem::take(&mut this.expect_continue) {
+                slot.continue_wanted = true;
+                let conn = slot.conn.take();
+                drop(slot);
+                if let Some(conn) = conn {
+                    conn.wake();
+                }
             }
             return Poll::Pending;
         }

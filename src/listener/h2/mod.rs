@@ -16,10 +16,12 @@
 //! connection window overrun ends the connection with GOAWAY and the error code.
 //!
 //! Limits: 100 concurrent streams (`SETTINGS_MAX_CONCURRENT_STREAMS`, as HAProxy's default; a
-//! stream past it is refused with REFUSED_STREAM, which a client retries), a 1 MiB window per
-//! stream and 2 MiB per connection for request bodies, a header list of `max_header_bytes`
-//! (past it the proxy answers `431`), frames of 16 KiB. Timeouts stay with the listener's
-//! watchdog; a drain sends GOAWAY, lets the streams in flight finish, then closes.
+//! stream past it is refused with REFUSED_STREAM, which a client retries), a 256 KiB window
+//! per stream and 2 MiB per connection for request bodies, a header list of
+//! `max_header_bytes` (past it the proxy answers `431`), frames of 16 KiB, header blocks of
+//! 256 KiB in at most 64 CONTINUATION frames. Timeouts stay with the listener's watchdog (a
+//! header block in pieces is a head in progress); a drain sends GOAWAY, lets the streams in
+//! flight finish, then closes.
 
 mod body;
 mod frame;
@@ -33,6 +35,7 @@ mod slots;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -45,6 +48,7 @@ pub use body::{Body, BodyError};
 use frame::Reason;
 use hpack::Decoder;
 
+use super::activity::Activity;
 use crate::body::{ClientBody, ResponseBody};
 use slots::Slots;
 
@@ -53,8 +57,9 @@ const MAX_CONCURRENT: u32 = 100;
 // Every stream the client may open has a slot.
 const _: () = assert!(MAX_CONCURRENT as usize <= slots::MAX);
 /// The window each stream's request body starts with.
-const STREAM_WINDOW: u32 = 1 << 20;
-/// The connection's window for request bodies.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// The connection's window for request bodies: eight uploads stalled on their upstreams
+/// take all of it.
 const CONN_WINDOW: u32 = 2 << 20;
 /// Window given back once this much is free again (or a stream's body ended).
 const CREDIT_AT: usize = 32 * 1024;
@@ -66,6 +71,10 @@ const MAX_OUT_READING: usize = 256 * 1024;
 const READ: usize = 16 * 1024;
 /// The largest header block (HEADERS and its CONTINUATIONs) taken in.
 const MAX_BLOCK: usize = 256 * 1024;
+/// The most CONTINUATION frames in one header block (a full-size block needs 16 of 16 KiB).
+const MAX_CONTINUATIONS: usize = 64;
+/// How many recently closed streams are remembered (see [`Recent`]).
+const RECENT: usize = 32;
 /// The first bytes of every HTTP/2 connection (RFC 9113 section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -87,6 +96,9 @@ type ConnResult<T = ()> = Result<T, Reason>;
 pub(super) struct Settings {
     /// `limits.max_header_bytes`: the header list size past which a request gets `431`.
     pub(super) max_header_bytes: usize,
+    /// The connection's activity: a header block in pieces is a head in progress, which
+    /// `header_timeout` bounds.
+    pub(super) activity: Arc<Activity>,
 }
 
 /// Serves HTTP/2 on `io` (its preface not yet read) until the client closes, an error, or
@@ -114,6 +126,9 @@ where
         io,
         make,
         max_header_bytes: settings.max_header_bytes,
+        activity: settings.activity,
+        reset_sent: Recent::default(),
+        closed: Recent::default(),
         read: BytesMut::with_capacity(READ),
         out,
         written: 0,
@@ -140,6 +155,11 @@ pub(super) struct Conn<S, F, M> {
     io: S,
     make: M,
     max_header_bytes: usize,
+    activity: Arc<Activity>,
+    /// Streams we reset lately: what the client sent before it knew is ignored.
+    reset_sent: Recent,
+    /// Streams that ended lately otherwise: a frame on one is a STREAM_CLOSED error.
+    closed: Recent,
     read: BytesMut,
     /// Frames to write; `out[..written]` already went.
     out: Vec<u8>,
@@ -177,14 +197,36 @@ pub(super) struct Conn<S, F, M> {
 struct Block {
     stream: u32,
     end_stream: bool,
+    /// The HEADERS frame was faulty: the block is decoded (HPACK's state needs it), then
+    /// the stream is reset.
+    refused: bool,
     bytes: BytesMut,
+    continuations: usize,
+}
+
+/// The last [`RECENT`] stream ids added.
+#[derive(Default)]
+struct Recent {
+    ids: [u32; RECENT],
+    next: usize,
+}
+
+impl Recent {
+    fn add(&mut self, id: u32) {
+        self.ids[self.next % RECENT] = id;
+        self.next += 1;
+    }
+
+    fn has(&self, id: u32) -> bool {
+        id != 0 && self.ids.contains(&id)
+    }
 }
 
 /// One open stream.
 struct Stream {
     id: u32,
     /// The request body's slot, when the request has one.
-    chan: Option<std::sync::Arc<Chan>>,
+    chan: Option<Arc<Chan>>,
     /// The client may still send on this stream.
     recv_open: bool,
     /// What the client may still send on this stream.

@@ -2,7 +2,6 @@
 //! does to the connection's streams and windows.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::task::Context;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -12,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::frame::{self, Head, Reason};
 use super::request::{self, Refused};
 use super::{
-    Block, BodyError, Chan, Conn, ConnResult, Send, Stream, MAX_BLOCK, MAX_CONCURRENT, PREFACE,
-    STREAM_WINDOW,
+    Block, BodyError, Chan, Conn, ConnResult, Send, Stream, MAX_BLOCK, MAX_CONCURRENT,
+    MAX_CONTINUATIONS, PREFACE, STREAM_WINDOW,
 };
 use crate::body::{ClientBody, ResponseBody};
 
@@ -118,6 +117,7 @@ where
                 }
                 if let Some(at) = self.find(head.stream) {
                     self.remove(at, BodyError::Reset);
+                    self.closed.add(head.stream);
                 }
                 Ok(())
             }
@@ -127,6 +127,9 @@ where
                 }
                 if head.len != 5 {
                     self.reset_id(head.stream, Reason::FrameSizeError);
+                } else if word(0) & 0x7fff_ffff == head.stream {
+                    // A stream cannot depend on itself (section 5.3.1).
+                    self.reset_id(head.stream, Reason::ProtocolError);
                 }
                 Ok(())
             }
@@ -236,8 +239,12 @@ where
             return Err(Reason::FlowControlError);
         }
         let Some(at) = self.find(head.stream) else {
-            // A stream already closed: its bytes are dropped, their window given back.
+            // A stream already closed: its bytes are dropped, their window given back. Sent
+            // before the client knew of our reset, they are no error (section 5.4.2).
             self.conn_credit += len;
+            if !self.reset_sent.has(head.stream) && !self.past_goaway(head.stream) {
+                self.reset_id(head.stream, Reason::StreamClosed);
+            }
             return Ok(());
         };
         let data = payload.slice(start..end);
@@ -285,6 +292,7 @@ where
             return Err(Reason::ProtocolError);
         }
         let (mut start, end) = frame::unpad(&head, &payload).ok_or(Reason::ProtocolError)?;
+        let mut refused = false;
         if head.has(frame::PRIORITY_FLAG) {
             start += 5;
             if start > end {
@@ -296,9 +304,8 @@ where
                 payload[start - 3],
                 payload[start - 2],
             ]) & 0x7fff_ffff;
-            if depends == head.stream {
-                self.reset_id(head.stream, Reason::ProtocolError);
-            }
+            // A stream cannot depend on itself (section 5.3.1).
+            refused = depends == head.stream;
         }
         let fragment = payload.slice(start..end);
         let end_stream = head.has(frame::END_STREAM);
@@ -308,18 +315,23 @@ where
             self.block = Some(Block {
                 stream: head.stream,
                 end_stream,
+                refused,
                 bytes,
+                continuations: 0,
             });
+            self.activity.head_started();
             return Ok(());
         }
-        self.on_block(head.stream, end_stream, fragment, cx)
+        self.on_block(head.stream, end_stream, refused, fragment, cx)
     }
 
     fn on_continuation(&mut self, head: Head, payload: Bytes, cx: &Context<'_>) -> ConnResult {
         let Some(block) = &mut self.block else {
             return Err(Reason::ProtocolError);
         };
-        if block.bytes.len() + payload.len() > MAX_BLOCK {
+        block.continuations += 1;
+        if block.bytes.len() + payload.len() > MAX_BLOCK || block.continuations > MAX_CONTINUATIONS
+        {
             return Err(Reason::EnhanceYourCalm);
         }
         block.bytes.extend_from_slice(&payload);
@@ -327,7 +339,9 @@ where
             return Ok(());
         }
         let block = self.block.take().expect("checked above");
-        self.on_block(block.stream, block.end_stream, block.bytes.freeze(), cx)
+        self.activity.head_ended();
+        let bytes = block.bytes.freeze();
+        self.on_block(block.stream, block.end_stream, block.refused, bytes, cx)
     }
 
     /// A complete header block: a new request, or a stream's trailers.
@@ -335,6 +349,7 @@ where
         &mut self,
         id: u32,
         end_stream: bool,
+        refused: bool,
         block: Bytes,
         cx: &Context<'_>,
     ) -> ConnResult {
@@ -345,14 +360,22 @@ where
                 return Err(Reason::CompressionError);
             }
             let Some(at) = self.find(id) else {
-                // Trailers of a stream already reset: the block was read for HPACK's sake.
-                return Ok(());
+                // The block was read for HPACK's sake. Trailers of a stream we reset, sent
+                // before the client knew, are no error; on a stream that ended otherwise
+                // they are; a lower stream than the last one opened is one no longer idle.
+                if self.reset_sent.has(id) || self.past_goaway(id) {
+                    return Ok(());
+                }
+                if self.closed.has(id) {
+                    return Err(Reason::StreamClosed);
+                }
+                return Err(Reason::ProtocolError);
             };
             if !self.streams[at].recv_open {
                 self.reset(at, Reason::StreamClosed);
                 return Ok(());
             }
-            let (Ok(trailers), true) = (trailers, end_stream) else {
+            let (Ok(trailers), true, false) = (trailers, end_stream, refused) else {
                 self.reset(at, Reason::ProtocolError);
                 return Ok(());
             };
@@ -372,7 +395,7 @@ where
             Ok(head) => head,
             Err(Refused::Compression) => return Err(Reason::CompressionError),
             Err(Refused::Malformed) => {
-                frame::put_reset(&mut self.out, id, Reason::ProtocolError);
+                self.reset_id(id, Reason::ProtocolError);
                 return Ok(());
             }
         };
@@ -381,11 +404,11 @@ where
             return Ok(());
         }
         if self.streams.len() >= MAX_CONCURRENT as usize {
-            frame::put_reset(&mut self.out, id, Reason::RefusedStream);
+            self.reset_id(id, Reason::RefusedStream);
             return Ok(());
         }
-        if end_stream && head.length.is_some_and(|n| n > 0) {
-            frame::put_reset(&mut self.out, id, Reason::ProtocolError);
+        if refused || (end_stream && head.length.is_some_and(|n| n > 0)) {
+            self.reset_id(id, Reason::ProtocolError);
             return Ok(());
         }
         self.open(id, end_stream, head, cx);
@@ -393,12 +416,12 @@ where
     }
 
     /// Starts a stream: its entry, its body's slot, and the proxy's future.
-    fn open(&mut self, id: u32, end_stream: bool, head: request::Head, _cx: &Context<'_>) {
+    fn open(&mut self, id: u32, end_stream: bool, head: request::Head, cx: &Context<'_>) {
         let (chan, body) = if end_stream {
             (None, ClientBody::Empty)
         } else {
-            let chan = Arc::new(Chan::default());
-            let body = Chan::body(&chan, head.length);
+            let chan = Chan::new(cx.waker());
+            let body = Chan::body(&chan, head.length, head.expect_continue);
             (Some(chan), ClientBody::H2(body))
         };
         let head_request = head.parts.method == http::Method::HEAD;
@@ -422,5 +445,10 @@ where
     /// Whether `id` names a stream the client has not opened yet.
     fn is_idle(&self, id: u32) -> bool {
         id > self.last_id
+    }
+
+    /// Whether `id` came after the last stream our GOAWAY named: never served, ignored.
+    fn past_goaway(&self, id: u32) -> bool {
+        self.goaway.is_some_and(|last| id > last)
     }
 }

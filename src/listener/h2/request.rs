@@ -17,6 +17,8 @@ pub(super) struct Head {
     pub(super) parts: http::request::Parts,
     /// The declared `content-length`, if any.
     pub(super) length: Option<u64>,
+    /// `expect: 100-continue`: the client waits for `100 Continue` before its body.
+    pub(super) expect_continue: bool,
 }
 
 /// What a block decoded into when it is not a request the proxy can take.
@@ -83,12 +85,32 @@ pub(super) fn decode_request(
         return Err(Refused::Malformed);
     }
     let length = content_length(&headers)?;
-    let mut parts = head_parts(pseudo)?;
+    let expect_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let authority = match pseudo.authority.take() {
+        Some(raw) => match Authority::from_maybe_shared(raw.clone()) {
+            Ok(authority) => Some(authority),
+            Err(_) => {
+                // Not an authority (`a b`, `a/b`): handed on as the Host field it stands
+                // for, which the proxy answers `400` as it would over HTTP/1.1.
+                let value = HeaderValue::from_maybe_shared(raw).map_err(|_| Refused::Malformed)?;
+                headers.append(header::HOST, value);
+                None
+            }
+        },
+        None => None,
+    };
+    let mut parts = head_parts(pseudo, authority)?;
     parts.headers = headers;
     if size > limit {
         parts.extensions.insert(HeadersTooLarge);
     }
-    Ok(Head { parts, length })
+    Ok(Head {
+        parts,
+        length,
+        expect_continue,
+    })
 }
 
 /// Decodes a trailer section: regular fields only.
@@ -180,14 +202,13 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Refused> {
     Ok(Some(n))
 }
 
-/// The request line from the pseudo-header fields (section 8.3.1).
-fn head_parts(pseudo: Pseudo) -> Result<http::request::Parts, Refused> {
+/// The request line from the pseudo-header fields (section 8.3.1) and the parsed authority.
+fn head_parts(
+    pseudo: Pseudo,
+    authority: Option<Authority>,
+) -> Result<http::request::Parts, Refused> {
     let method = pseudo.method.ok_or(Refused::Malformed)?;
     let method = Method::from_bytes(&method).map_err(|_| Refused::Malformed)?;
-    let authority = match pseudo.authority {
-        Some(a) => Some(Authority::from_maybe_shared(a).map_err(|_| Refused::Malformed)?),
-        None => None,
-    };
     let mut uri = http::uri::Parts::default();
     if method == Method::CONNECT {
         // The authority alone (section 8.5).
@@ -295,6 +316,22 @@ mod tests {
         assert_eq!(head.parts.version, Version::HTTP_2);
         assert_eq!(head.parts.headers["x-a"], "1");
         assert_eq!(head.length, Some(5));
+    }
+
+    #[test]
+    fn an_authority_that_is_not_one_becomes_the_host_field_for_the_proxy_to_refuse() {
+        let head = decode(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "a b"),
+            (":path", "/"),
+            ("expect", "100-Continue"),
+        ])
+        .unwrap();
+        assert_eq!(head.parts.uri, "/");
+        assert_eq!(head.parts.headers["host"], "a b");
+        assert!(head.expect_continue);
+        assert!(!decode(&GET).unwrap().expect_continue);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{self, Reason};
-use super::request;
+use super::{hpack, request};
 use super::{BodyError, Conn, Send, Stream, CREDIT_AT, MAX_OUT};
 use crate::body::{ClientBody, ResponseBody};
 
@@ -38,7 +38,9 @@ where
 
     /// Resets the stream at `at` with `reason`.
     pub(super) fn reset(&mut self, at: usize, reason: Reason) {
-        frame::put_reset(&mut self.out, self.streams[at].id, reason);
+        let id = self.streams[at].id;
+        frame::put_reset(&mut self.out, id, reason);
+        self.reset_sent.add(id);
         self.remove(at, BodyError::Reset);
     }
 
@@ -46,7 +48,10 @@ where
     pub(super) fn reset_id(&mut self, id: u32, reason: Reason) {
         match self.find(id) {
             Some(at) => self.reset(at, reason),
-            None => frame::put_reset(&mut self.out, id, reason),
+            None => {
+                frame::put_reset(&mut self.out, id, reason);
+                self.reset_sent.add(id);
+            }
         }
     }
 
@@ -67,8 +72,12 @@ where
 
     /// The response is all sent: a client still sending its body is told to stop.
     fn finish(&mut self, at: usize) {
+        let id = self.streams[at].id;
         if self.streams[at].recv_open {
-            frame::put_reset(&mut self.out, self.streams[at].id, Reason::NoError);
+            frame::put_reset(&mut self.out, id, Reason::NoError);
+            self.reset_sent.add(id);
+        } else {
+            self.closed.add(id);
         }
         self.remove(at, BodyError::Reset);
     }
@@ -211,10 +220,22 @@ where
     pub(super) fn give_credit(&mut self) {
         for stream in &mut self.streams {
             if let Some(chan) = &stream.chan {
-                let (n, _) = chan.released();
+                let (n, continue_wanted) = chan.collect();
                 stream.unreleased -= n;
                 self.conn_credit += n;
                 stream.credit += n;
+                if continue_wanted && stream.recv_open && matches!(stream.send, Send::Waiting) {
+                    // `100 Continue`: an interim head, the stream stays open.
+                    let at = frame::open_head(
+                        &mut self.out,
+                        frame::HEADERS,
+                        frame::END_HEADERS,
+                        stream.id,
+                    );
+                    hpack::encode_status(&mut self.out, 100);
+                    let len = self.out.len() - at - frame::HEAD_LEN;
+                    frame::patch_len(&mut self.out, at, len);
+                }
             }
             if stream.recv_open && stream.credit >= CREDIT_AT {
                 frame::put_window_update(&mut self.out, stream.id, stream.credit as u32);

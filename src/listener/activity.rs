@@ -2,7 +2,8 @@
 //!
 //! A connection is idle between requests, reading a head, or serving requests. Our HTTP/1.1
 //! server (`http1`) reports heads starting and ending and bytes arriving; HTTP/2 connections
-//! (hyper's server) report bytes through [`WatchedIo`]; both mark requests in and out
+//! (`h2`) report bytes through [`WatchedIo`] and header blocks sent in pieces as heads; both
+//! mark requests in and out
 //! ([`Activity::start_request`], whose guard lives until the response ends). [`watchdog`]
 //! sleeps until the nearest deadline: a stalled head (the first one counted from accept)
 //! closes the connection, an idle one is closed gracefully. All state is a few relaxed
@@ -213,7 +214,7 @@ impl<S> WatchedIo<S> {
     /// Puts the first write of a burst off by one turn of the scheduler: the task wakes
     /// itself, which tokio treats as a yield (to the back of the run queue). Meanwhile the
     /// other connections run, and streams of this one whose upstream answers arrive in that
-    /// turn finish too (`streams`); their responses then leave in the same `writev`, with
+    /// turn finish too (`h2`); their responses then leave in the same `writev`, with
     /// one wake-up of the client instead of several.
     fn defer(&mut self, cx: &mut Context<'_>) -> bool {
         if self.deferred {

@@ -7,8 +7,8 @@
 //! connection task holds its permit until it ends. Draining is the same semaphore seen the
 //! other way: when every permit is back, every connection has finished. A plaintext
 //! connection's first bytes tell prior-knowledge HTTP/2 (its preface) from HTTP/1.1. HTTP/1.1
-//! is served by our own server (`http1`), HTTP/2 by hyper's, whose streams run in the
-//! connection's own task (`streams`); both are told to finish gracefully on shutdown.
+//! and HTTP/2 are served by our own servers (`http1`, `h2`; an HTTP/2 connection's streams
+//! run in its own task); both are told to finish gracefully on shutdown.
 //! `activity` enforces the header and idle timeouts. What a request does is `proxy`'s job.
 //!
 //! On a TLS listener the connection task first runs the handshake (`tls` picks the

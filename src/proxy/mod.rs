@@ -40,8 +40,7 @@ use headers::X_REQUEST_ID;
 pub struct AmbiguousFraming;
 
 /// Marks an HTTP/2 request whose header list is larger than the listener's
-/// `max_header_bytes`; [`handle`] answers it `431`. (hyper's own limit is set higher, so that
-/// such a request gets the proxy's answer, counted and logged, rather than a bare one.)
+/// `max_header_bytes`; [`handle`] answers it `431`, counted and logged.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadersTooLarge;
 
@@ -276,7 +275,7 @@ fn respond(
 
 /// The host the client asked for: the target's authority when it has one (HTTP/1
 /// absolute-form, where RFC 9112 section 3.2.2 says `Host` is ignored; HTTP/2 `:authority`,
-/// which hyper puts in the URI), else `Host`.
+/// which the HTTP/2 server puts in the URI), else `Host`.
 fn request_host(parts: &request::Parts) -> Option<HeaderValue> {
     match parts.uri.authority() {
         Some(authority) => authority_host(authority),

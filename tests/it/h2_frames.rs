@@ -353,3 +353,34 @@ async fn a_response_waits_for_the_clients_window() {
     }
     assert_eq!(got, 5000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_and_cancelled_in_a_loop_end_the_connection() {
+    // CVE-2023-44487 ("rapid reset"): each stream costs the client a few bytes and the proxy
+    // a request upstream. Past 1,000 more cancelled than finished, the connection is closed.
+    let (backend, proxy) = setup().await;
+    let mut raw = Raw::connect(proxy.addr, &[]).await;
+    let headers = block(&get("/slow/2000"));
+    let mut burst = Vec::new();
+    for i in 0..1100u32 {
+        let id = 2 * i + 1;
+        for (kind, flags, payload) in [
+            (HEADERS, END_STREAM | END_HEADERS, &headers[..]),
+            (RST_STREAM, 0, &8u32.to_be_bytes()[..]),
+        ] {
+            burst.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+            burst.extend_from_slice(&[kind, flags]);
+            burst.extend_from_slice(&id.to_be_bytes());
+            burst.extend_from_slice(payload);
+        }
+    }
+    // The server may close before it has read all of it.
+    let _ = raw.io.write_all(&burst).await;
+    let goaway = raw.until(|f| f.kind == GOAWAY).await;
+    assert_eq!(goaway.code(), ENHANCE_YOUR_CALM);
+    assert!(
+        backend.requests() <= 1000,
+        "{} requests",
+        backend.requests()
+    );
+}

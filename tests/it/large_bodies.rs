@@ -169,3 +169,40 @@ async fn a_client_leaving_mid_body_closes_that_upstream_connection_only() {
     assert!(reply.body[..] == expected(200_000)[..]);
     assert_eq!(backend.connections(), 2);
 }
+
+/// An HTTP/2 client's upload, several times its stream's window (256 KiB), reaches an
+/// `http1` pool (whose client reads the body in the request's task) and an `h2` pool (where
+/// hyper's client reads it from a task of its own, so the window comes back through a wake
+/// from another task) intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_uploads_larger_than_the_window_reach_both_pool_protocols() {
+    use sha2::{Digest, Sha256};
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start(&config(&format!(
+        "routes:\n  - name: one\n    match: {{ path_prefix: \"/one/\" }}\n    pool: one\n    strip_prefix: true\n  - name: two\n    match: {{ path_prefix: \"/two/\" }}\n    pool: two\n    strip_prefix: true\npools:\n  - name: one\n    upstreams:\n      - {{ addr: \"{0}\" }}\n  - name: two\n    protocol: h2\n    upstreams:\n      - {{ addr: \"{0}\" }}\n",
+        backend.addr
+    )))
+    .await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut sender = support::h2_client(stream).await;
+    let size = 3 * 1024 * 1024 + 5;
+    let body = Bytes::from(expected(size));
+    let digest = format!("{size} {:x}", Sha256::digest(&body));
+    for pool in ["one", "two"] {
+        let req = Request::post(format!("http://a/{pool}/upload"))
+            .body(Full::new(body.clone()))
+            .unwrap();
+        let response = tokio::time::timeout(DEADLINE, async {
+            let response = sender.send_request(req).await.unwrap();
+            let status = response.status();
+            (
+                status,
+                response.into_body().collect().await.unwrap().to_bytes(),
+            )
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the upload to pool {pool} stalled"));
+        assert_eq!(response.0, 200, "{pool}");
+        assert_eq!(String::from_utf8_lossy(&response.1), digest, "{pool}");
+    }
+}

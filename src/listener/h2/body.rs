@@ -62,6 +62,8 @@ struct Slot {
     dropped: bool,
     /// The body is waiting for a client that waits for `100 Continue`.
     continue_wanted: bool,
+    /// The connection was woken for `released` since it last collected it.
+    woken: bool,
     body: Option<Waker>,
     conn: Option<Waker>,
 }
@@ -128,6 +130,7 @@ impl Chan {
     /// Continue` meanwhile.
     pub(super) fn collect(&self) -> (usize, bool) {
         let mut slot = self.lock();
+        slot.woken = false;
         (
             std::mem::take(&mut slot.released),
             std::mem::take(&mut slot.continue_wanted),
@@ -149,8 +152,11 @@ impl http_body::Body for Body {
             this.expect_continue = false;
             slot.released += data.len();
             this.taken += data.len() as u64;
-            let conn = if slot.released >= WAKE_AT || (slot.ended && slot.data.is_empty()) {
-                slot.conn.take()
+            // Once per collection: the connection may be waiting for this window, and the
+            // body may be read from another task (hyper's client, for `h2` pools).
+            let due = slot.released >= WAKE_AT || (slot.ended && slot.data.is_empty());
+            let conn = if due && !std::mem::replace(&mut slot.woken, true) {
+                slot.conn.clone()
             } else {
                 None
             };
@@ -166,7 +172,7 @@ impl http_body::Body for Body {
             }
             if std::mem::take(&mut this.expect_continue) {
                 slot.continue_wanted = true;
-                let conn = slot.conn.take();
+                let conn = slot.conn.clone();
                 drop(slot);
                 if let Some(conn) = conn {
                     conn.wake();

@@ -67,6 +67,10 @@ const CREDIT_AT: usize = 32 * 1024;
 const MAX_OUT: usize = 64 * 1024;
 /// The client's requests stop being read while this much is waiting to be written.
 const MAX_OUT_READING: usize = 256 * 1024;
+/// The write buffer's first size.
+const INITIAL_OUT: usize = 4 * 1024;
+/// The write buffer keeps at most this capacity once written out.
+const KEEP_OUT: usize = 256 * 1024;
 /// Room made for each read.
 const READ: usize = 16 * 1024;
 /// The largest header block (HEADERS and its CONTINUATIONs) taken in.
@@ -74,7 +78,11 @@ const MAX_BLOCK: usize = 256 * 1024;
 /// The most CONTINUATION frames in one header block (a full-size block needs 16 of 16 KiB).
 const MAX_CONTINUATIONS: usize = 64;
 /// How many recently closed streams are remembered (see [`Recent`]).
-const RECENT: usize = 32;
+const RECENT: usize = 128;
+/// Streams the client may cancel, or get reset for its faults, beyond those it let finish,
+/// before the connection is closed with ENHANCE_YOUR_CALM: each costs the client a few
+/// bytes and us a request upstream (the "rapid reset" attack, CVE-2023-44487).
+const RESET_BUDGET: u32 = 1000;
 /// The first bytes of every HTTP/2 connection (RFC 9113 section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -109,7 +117,7 @@ where
     F: Future<Output = Response<ResponseBody>>,
     M: FnMut(Request<ClientBody>) -> F,
 {
-    let mut out = Vec::with_capacity(4 * 1024);
+    let mut out = Vec::with_capacity(INITIAL_OUT);
     frame::put_settings(
         &mut out,
         &[
@@ -129,9 +137,11 @@ where
         activity: settings.activity,
         reset_sent: Recent::default(),
         closed: Recent::default(),
+        resets: RESET_BUDGET,
         read: BytesMut::with_capacity(READ),
         out,
         written: 0,
+        unflushed: false,
         preface: false,
         settled: false,
         decoder: Decoder::new(4096),
@@ -160,10 +170,14 @@ pub(super) struct Conn<S, F, M> {
     reset_sent: Recent,
     /// Streams that ended lately otherwise: a frame on one is a STREAM_CLOSED error.
     closed: Recent,
+    /// What is left of [`RESET_BUDGET`].
+    resets: u32,
     read: BytesMut,
     /// Frames to write; `out[..written]` already went.
     out: Vec<u8>,
     written: usize,
+    /// Written since the last completed flush.
+    unflushed: bool,
     /// The client's preface has been read.
     preface: bool,
     /// The client's first SETTINGS has been read.
@@ -205,10 +219,18 @@ struct Block {
 }
 
 /// The last [`RECENT`] stream ids added.
-#[derive(Default)]
 struct Recent {
     ids: [u32; RECENT],
     next: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent {
+            ids: [0; RECENT],
+            next: 0,
+        }
+    }
 }
 
 impl Recent {
@@ -306,7 +328,7 @@ where
                 // Partly written counts as progress: the loop comes back to write the rest.
                 Poll::Ready(Ok(wrote)) => {
                     progress |= wrote;
-                    if self.written == self.out.len() {
+                    if self.written == self.out.len() && !self.unflushed {
                         if let Some(reason) = self.failed {
                             return Poll::Ready(Err(Error::Protocol(reason)));
                         }
@@ -355,7 +377,8 @@ where
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 
-    /// Writes what is buffered; ready once all of it went, with whether anything did now.
+    /// Writes what is buffered, then flushes it (TLS keeps what it encrypted until then);
+    /// ready once all of it went, with whether anything did now.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         let mut wrote = false;
         while self.written < self.out.len() {
@@ -364,17 +387,43 @@ where
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending if wrote => return Poll::Ready(Ok(true)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending if wrote => {
+                    self.compact();
+                    return Poll::Ready(Ok(true));
+                }
+                Poll::Pending => {
+                    self.compact();
+                    return Poll::Pending;
+                }
             };
             self.written += n;
+            self.unflushed = true;
             wrote = true;
         }
         if wrote {
             self.out.clear();
             self.written = 0;
-            std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            if self.out.capacity() > KEEP_OUT {
+                self.out = Vec::with_capacity(INITIAL_OUT);
+            }
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending if wrote => return Poll::Ready(Ok(true)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
         Poll::Ready(Ok(wrote))
+    }
+
+    /// Drops what was written from the front of a buffer written only in part, once that is
+    /// most of it: a client slow to read does not make the buffer grow past its backlog.
+    fn compact(&mut self) {
+        if self.written >= self.out.len() / 2 {
+            self.out.drain(..self.written);
+            self.written = 0;
+        }
     }
 }

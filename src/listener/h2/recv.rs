@@ -57,6 +57,9 @@ where
                 }
             }
             self.on_frame(head, cx)?;
+            if self.resets == 0 {
+                return Err(Reason::EnhanceYourCalm);
+            }
         }
         Ok(())
     }
@@ -118,6 +121,7 @@ where
                 if let Some(at) = self.find(head.stream) {
                     self.remove(at, BodyError::Reset);
                     self.closed.add(head.stream);
+                    self.resets = self.resets.saturating_sub(1);
                 }
                 Ok(())
             }

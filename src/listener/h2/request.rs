@@ -125,7 +125,11 @@ pub(super) fn decode_trailers(
     decoder.decode(block, |name, value| {
         size += name_len(name) + value.len() + 32;
         match name {
-            Name::Header(name) => malformed |= !add_field(&mut trailers, name, value),
+            // Past the limit nothing more is kept (or even checked): the section is refused.
+            Name::Header(name) if size <= limit => {
+                malformed |= !add_field(&mut trailers, name, value);
+            }
+            Name::Header(_) => {}
             _ => malformed = true,
         }
     })?;
@@ -169,8 +173,8 @@ fn add_field(headers: &mut HeaderMap, name: &HeaderName, value: &Bytes) -> bool 
     {
         return false;
     }
-    headers.append(name.clone(), value);
-    true
+    // `HeaderMap` holds at most 32,768 fields; more is refused rather than a panic.
+    headers.try_append(name.clone(), value).is_ok()
 }
 
 /// The fields that mean something for one HTTP/1.1 connection only.

@@ -2,6 +2,7 @@
 //! windows, trailers, and the end of each stream (RFC 9113 sections 5.1, 6.9 and 8.1).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -12,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{self, Reason};
 use super::{hpack, request};
-use super::{BodyError, Conn, Send, Stream, CREDIT_AT, MAX_OUT};
+use super::{BodyError, Conn, Send, Stream, CREDIT_AT, MAX_OUT, RESET_BUDGET};
 use crate::body::{ClientBody, ResponseBody};
 
 /// What one turn of a stream's body did.
@@ -39,8 +40,7 @@ where
     /// Resets the stream at `at` with `reason`.
     pub(super) fn reset(&mut self, at: usize, reason: Reason) {
         let id = self.streams[at].id;
-        frame::put_reset(&mut self.out, id, reason);
-        self.reset_sent.add(id);
+        self.put_reset(id, reason);
         self.remove(at, BodyError::Reset);
     }
 
@@ -48,10 +48,16 @@ where
     pub(super) fn reset_id(&mut self, id: u32, reason: Reason) {
         match self.find(id) {
             Some(at) => self.reset(at, reason),
-            None => {
-                frame::put_reset(&mut self.out, id, reason);
-                self.reset_sent.add(id);
-            }
+            None => self.put_reset(id, reason),
+        }
+    }
+
+    /// RST_STREAM for `id`, remembered; a reset for the client's fault spends the budget.
+    fn put_reset(&mut self, id: u32, reason: Reason) {
+        frame::put_reset(&mut self.out, id, reason);
+        self.reset_sent.add(id);
+        if reason != Reason::InternalError {
+            self.resets = self.resets.saturating_sub(1);
         }
     }
 
@@ -73,6 +79,7 @@ where
     /// The response is all sent: a client still sending its body is told to stop.
     fn finish(&mut self, at: usize) {
         let id = self.streams[at].id;
+        self.resets = (self.resets + 1).min(RESET_BUDGET);
         if self.streams[at].recv_open {
             frame::put_reset(&mut self.out, id, Reason::NoError);
             self.reset_sent.add(id);
@@ -118,29 +125,37 @@ where
     }
 
     /// Sends what the streams' bodies have ready, within the windows; whether anything went.
+    /// Each pass gives every stream one DATA frame at most, so one fast download does not
+    /// hold back the others.
     pub(super) fn poll_bodies(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
-        let mut at = 0;
-        while at < self.streams.len() {
-            if self.out.len() - self.written >= MAX_OUT {
-                break;
-            }
-            let before = self.out.len();
-            let sent = self.send_body(at, cx);
-            progress |= self.out.len() != before;
-            match sent {
-                Sent::Waiting => at += 1,
-                Sent::Finished => {
-                    progress = true;
-                    self.finish(at);
+        loop {
+            let mut pass = false;
+            let mut at = 0;
+            while at < self.streams.len() {
+                if self.out.len() - self.written >= MAX_OUT {
+                    return progress;
                 }
-                Sent::Failed => {
-                    progress = true;
-                    self.reset(at, Reason::InternalError);
+                let before = self.out.len();
+                let sent = self.send_body(at, cx);
+                pass |= self.out.len() != before;
+                match sent {
+                    Sent::Waiting => at += 1,
+                    Sent::Finished => {
+                        pass = true;
+                        self.finish(at);
+                    }
+                    Sent::Failed => {
+                        pass = true;
+                        self.reset(at, Reason::InternalError);
+                    }
                 }
             }
+            if !pass {
+                return progress;
+            }
+            progress = true;
         }
-        progress
     }
 
     fn send_body(&mut self, at: usize, cx: &mut Context<'_>) -> Sent {
@@ -149,7 +164,6 @@ where
             out,
             conn_send,
             peer_max_frame,
-            written,
             ..
         } = self;
         let stream: &mut Stream = &mut streams[at];
@@ -181,19 +195,20 @@ where
                 bytes::Buf::advance(pending, n);
                 *conn_send -= n as i64;
                 stream.send_window -= n as i64;
-                if end {
-                    return Sent::Finished;
-                }
-                if out.len() - *written >= MAX_OUT {
-                    return Sent::Waiting;
-                }
-                continue;
+                return if end { Sent::Finished } else { Sent::Waiting };
             }
             if *last {
                 frame::put_head(out, 0, frame::DATA, frame::END_STREAM, id);
                 return Sent::Finished;
             }
-            match Pin::new(&mut *body).poll_frame(cx) {
+            // A body that panics ends its stream alone, as the stream's future would.
+            let polled =
+                std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *body).poll_frame(cx)));
+            let Ok(polled) = polled else {
+                tracing::error!("an HTTP/2 response body panicked; its stream is reset");
+                return Sent::Failed;
+            };
+            match polled {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         *pending = data;

@@ -518,6 +518,7 @@ async fn serve_h2<S>(
     let settings = h2::Settings {
         max_header_bytes: limits.max_header_bytes,
         activity: activity.clone(),
+        header_timeout: limits.header_timeout,
     };
     let mut conn = h2::new(io, settings, make);
     macro_rules! served {

@@ -384,3 +384,21 @@ async fn streams_opened_and_cancelled_in_a_loop_end_the_connection() {
         backend.requests()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_left_unfinished_beside_a_running_stream_is_cut_off_too() {
+    let backend = Backend::start("b").await;
+    let proxy = proxy_with_limits(&backend, "header_timeout: 300ms, idle_timeout: 30s").await;
+    let mut raw = Raw::connect(proxy.addr, &[]).await;
+    // Stream 1 runs for 3 s; the watchdog does not look at heads meanwhile.
+    raw.request(1, END_STREAM, &get("/slow/3000")).await;
+    raw.send(HEADERS, END_STREAM, 3, &block(&get("/"))).await;
+    let started = tokio::time::Instant::now();
+    let goaway = raw.until(|f| f.kind == GOAWAY).await;
+    let took = started.elapsed();
+    assert_eq!(goaway.code(), ENHANCE_YOUR_CALM);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
+        "closed after {took:?}"
+    );
+}

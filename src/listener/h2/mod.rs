@@ -19,9 +19,9 @@
 //! stream past it is refused with REFUSED_STREAM, which a client retries), a 256 KiB window
 //! per stream and 2 MiB per connection for request bodies, a header list of
 //! `max_header_bytes` (past it the proxy answers `431`), frames of 16 KiB, header blocks of
-//! 256 KiB in at most 64 CONTINUATION frames. Timeouts stay with the listener's watchdog (a
-//! header block in pieces is a head in progress); a drain sends GOAWAY, lets the streams in
-//! flight finish, then closes.
+//! 256 KiB in at most 64 CONTINUATION frames, ended within `header_timeout`. Other timeouts
+//! stay with the listener's watchdog; a drain sends GOAWAY, lets the streams in flight
+//! finish, then closes.
 
 mod body;
 mod frame;
@@ -37,11 +37,13 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::coop::has_budget_remaining;
+use tokio::time::Sleep;
 
 use body::Chan;
 pub use body::{Body, BodyError};
@@ -107,6 +109,9 @@ pub(super) struct Settings {
     /// The connection's activity: a header block in pieces is a head in progress, which
     /// `header_timeout` bounds.
     pub(super) activity: Arc<Activity>,
+    /// `limits.header_timeout`: a header block in pieces must end within it, even beside
+    /// streams in flight (when the listener's watchdog does not look at heads).
+    pub(super) header_timeout: Duration,
 }
 
 /// Serves HTTP/2 on `io` (its preface not yet read) until the client closes, an error, or
@@ -135,6 +140,8 @@ where
         make,
         max_header_bytes: settings.max_header_bytes,
         activity: settings.activity,
+        header_timeout: settings.header_timeout,
+        block_deadline: None,
         reset_sent: Recent::default(),
         closed: Recent::default(),
         resets: RESET_BUDGET,
@@ -166,6 +173,9 @@ pub(super) struct Conn<S, F, M> {
     make: M,
     max_header_bytes: usize,
     activity: Arc<Activity>,
+    header_timeout: Duration,
+    /// When the header block in pieces must have ended (armed only while one is open).
+    block_deadline: Option<Pin<Box<Sleep>>>,
     /// Streams we reset lately: what the client sent before it knew is ignored.
     reset_sent: Recent,
     /// Streams that ended lately otherwise: a frame on one is a STREAM_CLOSED error.
@@ -314,6 +324,13 @@ where
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
                     Poll::Pending => {}
+                }
+            }
+            if let Some(deadline) = &mut self.block_deadline {
+                if deadline.as_mut().poll(cx).is_ready() && self.failed.is_none() {
+                    self.block_deadline = None;
+                    self.fail(Reason::EnhanceYourCalm);
+                    progress = true;
                 }
             }
             if self.failed.is_none() {

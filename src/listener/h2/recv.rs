@@ -324,6 +324,7 @@ where
                 continuations: 0,
             });
             self.activity.head_started();
+            self.block_deadline = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
             return Ok(());
         }
         self.on_block(head.stream, end_stream, refused, fragment, cx)
@@ -344,6 +345,7 @@ where
         }
         let block = self.block.take().expect("checked above");
         self.activity.head_ended();
+        self.block_deadline = None;
         let bytes = block.bytes.freeze();
         self.on_block(block.stream, block.end_stream, block.refused, bytes, cx)
     }

@@ -102,6 +102,12 @@ impl Activity {
     pub(super) fn read(&self) {
         self.last_read.store(self.now_ms(), Ordering::Relaxed);
     }
+
+    /// When bytes last arrived, in milliseconds since accept: a clock that costs no clock
+    /// read of its own.
+    pub(super) fn last_read_ms(&self) -> u64 {
+        self.last_read.load(Ordering::Relaxed)
+    }
 }
 
 /// Keeps a request counted on its connection until the response is done.

@@ -357,7 +357,7 @@ async fn a_response_waits_for_the_clients_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_opened_and_cancelled_in_a_loop_end_the_connection() {
     // CVE-2023-44487 ("rapid reset"): each stream costs the client a few bytes and the proxy
-    // a request upstream. Past 1,000 more cancelled than finished, the connection is closed.
+    // a request upstream. At 1,000 streams cancelled young, the connection is closed.
     let (backend, proxy) = setup().await;
     let mut raw = Raw::connect(proxy.addr, &[]).await;
     let headers = block(&get("/slow/2000"));

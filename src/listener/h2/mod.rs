@@ -81,10 +81,16 @@ const MAX_BLOCK: usize = 256 * 1024;
 const MAX_CONTINUATIONS: usize = 64;
 /// How many recently closed streams are remembered (see [`Recent`]).
 const RECENT: usize = 128;
-/// Streams the client may cancel, or get reset for its faults, beyond those it let finish,
-/// before the connection is closed with ENHANCE_YOUR_CALM: each costs the client a few
-/// bytes and us a request upstream (the "rapid reset" attack, CVE-2023-44487).
+/// Streams the client may cancel young, or get reset for its faults, before the connection
+/// is closed with ENHANCE_YOUR_CALM: each costs the client a few bytes and us a request
+/// upstream (the "rapid reset" attack, CVE-2023-44487). The budget refills by one every
+/// [`RESET_REFILL_MS`].
 const RESET_BUDGET: u32 = 1000;
+/// The budget's refill interval: 100 a second.
+const RESET_REFILL_MS: u64 = 10;
+/// A cancel counts against the budget only this soon after the stream opened: a client
+/// that gives up on a slow answer (a gRPC deadline) is not an attack.
+const RESET_YOUNG_MS: u64 = 1000;
 /// The first bytes of every HTTP/2 connection (RFC 9113 section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -145,6 +151,7 @@ where
         reset_sent: Recent::default(),
         closed: Recent::default(),
         resets: RESET_BUDGET,
+        refilled_ms: 0,
         read: BytesMut::with_capacity(READ),
         out,
         written: 0,
@@ -182,6 +189,8 @@ pub(super) struct Conn<S, F, M> {
     closed: Recent,
     /// What is left of [`RESET_BUDGET`].
     resets: u32,
+    /// When the budget was last refilled (the activity's milliseconds).
+    refilled_ms: u64,
     read: BytesMut,
     /// Frames to write; `out[..written]` already went.
     out: Vec<u8>,
@@ -272,6 +281,10 @@ struct Stream {
     received: u64,
     /// What the client lets us send on this stream.
     send_window: i64,
+    /// When it opened (the activity's milliseconds).
+    opened_ms: u64,
+    /// Its body had nothing to send (or no window) in this round of `poll_bodies`.
+    parked: bool,
     /// The request is HEAD: the response has no body, whatever its length says.
     head_request: bool,
     send: Send,

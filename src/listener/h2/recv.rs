@@ -119,9 +119,10 @@ where
                     return Err(Reason::ProtocolError);
                 }
                 if let Some(at) = self.find(head.stream) {
+                    let opened = self.streams[at].opened_ms;
                     self.remove(at, BodyError::Reset);
                     self.closed.add(head.stream);
-                    self.resets = self.resets.saturating_sub(1);
+                    self.charge_reset(Some(opened));
                 }
                 Ok(())
             }
@@ -441,6 +442,8 @@ where
             length: head.length,
             received: 0,
             send_window: self.peer_window,
+            opened_ms: self.activity.last_read_ms(),
+            parked: false,
             head_request,
             send: Send::Waiting,
         });

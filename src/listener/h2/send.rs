@@ -13,7 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{self, Reason};
 use super::{hpack, request};
-use super::{BodyError, Conn, Send, Stream, CREDIT_AT, MAX_OUT, RESET_BUDGET};
+use super::{
+    BodyError, Conn, Send, Stream, CREDIT_AT, MAX_OUT, RESET_BUDGET, RESET_REFILL_MS,
+    RESET_YOUNG_MS,
+};
 use crate::body::{ClientBody, ResponseBody};
 
 /// What one turn of a stream's body did.
@@ -52,11 +55,27 @@ where
         }
     }
 
-    /// RST_STREAM for `id`, remembered; a reset for the client's fault spends the budget.
+    /// RST_STREAM for `id`, remembered; a reset for the client's fault spends the budget
+    /// (not REFUSED_STREAM: the stream cost nothing, and the client may retry it).
     fn put_reset(&mut self, id: u32, reason: Reason) {
         frame::put_reset(&mut self.out, id, reason);
         self.reset_sent.add(id);
-        if reason != Reason::InternalError {
+        if !matches!(reason, Reason::InternalError | Reason::RefusedStream) {
+            self.charge_reset(None);
+        }
+    }
+
+    /// Spends one of the reset budget for a stream opened at `opened` (`None`: just now),
+    /// if it was young, after refilling what time has earned.
+    pub(super) fn charge_reset(&mut self, opened: Option<u64>) {
+        let now = self.activity.last_read_ms();
+        let earned = now.saturating_sub(self.refilled_ms) / RESET_REFILL_MS;
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            self.resets = self.resets.saturating_add(earned).min(RESET_BUDGET);
+            self.refilled_ms = now;
+        }
+        if opened.is_none_or(|at| now.saturating_sub(at) < RESET_YOUNG_MS) {
             self.resets = self.resets.saturating_sub(1);
         }
     }
@@ -79,7 +98,6 @@ where
     /// The response is all sent: a client still sending its body is told to stop.
     fn finish(&mut self, at: usize) {
         let id = self.streams[at].id;
-        self.resets = (self.resets + 1).min(RESET_BUDGET);
         if self.streams[at].recv_open {
             frame::put_reset(&mut self.out, id, Reason::NoError);
             self.reset_sent.add(id);
@@ -126,21 +144,34 @@ where
 
     /// Sends what the streams' bodies have ready, within the windows; whether anything went.
     /// Each pass gives every stream one DATA frame at most, so one fast download does not
-    /// hold back the others.
+    /// hold back the others; a stream with nothing to send is not asked again in this call,
+    /// and when the write buffer fills, the next call starts with the stream whose turn it was.
     pub(super) fn poll_bodies(&mut self, cx: &mut Context<'_>) -> bool {
+        for stream in &mut self.streams {
+            stream.parked = false;
+        }
         let mut progress = false;
         loop {
             let mut pass = false;
             let mut at = 0;
             while at < self.streams.len() {
                 if self.out.len() - self.written >= MAX_OUT {
-                    return progress;
+                    self.streams.rotate_left(at);
+                    return progress || pass;
+                }
+                if self.streams[at].parked {
+                    at += 1;
+                    continue;
                 }
                 let before = self.out.len();
                 let sent = self.send_body(at, cx);
-                pass |= self.out.len() != before;
+                let wrote = self.out.len() != before;
+                pass |= wrote;
                 match sent {
-                    Sent::Waiting => at += 1,
+                    Sent::Waiting => {
+                        self.streams[at].parked = !wrote;
+                        at += 1;
+                    }
                     Sent::Finished => {
                         pass = true;
                         self.finish(at);

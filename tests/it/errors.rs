@@ -21,10 +21,17 @@ fn pool_of(addrs: &[String], route_extra: &str, pool_extra: &str) -> String {
     ))
 }
 
-/// An address on which nothing listens (bound, then released).
+/// An address on which nothing listens: a socket bound and never listening, held until the
+/// process ends. (Released, its port could go to a listener of another test running at the
+/// same time, and the "refused" upstream would answer.)
 async fn refused_addr() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().to_string()
+    static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    HELD.lock().unwrap().push(socket);
+    addr.to_string()
 }
 
 /// The statuses of `n` POSTs of one byte to `path`, one after another on `client`.

@@ -46,7 +46,7 @@ pub struct Body {
 }
 
 /// The slot one stream's connection and body share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Chan(Mutex<Slot>);
 
 #[derive(Debug, Default)]

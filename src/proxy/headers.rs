@@ -34,6 +34,13 @@ const fn hop_by_hop_length(len: usize) -> bool {
     matches!(len, 2 | 7 | 10 | 16 | 17)
 }
 
+/// Whether `name` is one of the fixed hop-by-hop names (`Connection` included; not those a
+/// `Connection` field names).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    hop_by_hop_length(name.len()) && HOP_BY_HOP.iter().any(|hop| hop.as_str() == name)
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names says which of the fixed list are present: most messages carry

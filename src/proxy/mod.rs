@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{Entry, Pending, RequestText};
 use crate::balance::{hash_key, StrategyKind};
-use crate::body::{ClientBody, RequestBody, ResponseBody};
+use crate::body::{ClientBody, RequestBody, ResponseBody, UpstreamBody};
 use crate::config::{HashKey, Protocol};
 use crate::snapshot::{Route, Shared, Snapshot};
 use crate::upstream::health::Reason;
@@ -248,7 +248,10 @@ fn respond(
             let upgrade = switched
                 .then(|| head.headers.get(header::UPGRADE).cloned())
                 .flatten();
-            headers::remove_hop_by_hop(&mut head.headers);
+            // Our HTTP/1.1 client leaves hop-by-hop fields out as it parses (`upstream::h1`).
+            if !matches!(body, UpstreamBody::H1(_)) {
+                headers::remove_hop_by_hop(&mut head.headers);
+            }
             if let Some(protocol) = upgrade {
                 // The client must see which protocol the tunnel now speaks (see `tunnel`).
                 tunnel::restore_headers(&mut head.headers, protocol);

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use super::client::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE_PER_UPSTREAM, RELEASE_WAIT};
 use super::Upstream;
 use crate::body::{BodyError, RequestBody};
+use crate::proxy::headers;
 
 /// Largest response head (status line, fields, trailer section) accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -484,6 +485,10 @@ impl Conn {
         let mut chunked = false;
         let mut other_coding = false;
         let mut length: Option<u64> = None;
+        // Hop-by-hop fields (SPEC section 4) are read here and not kept, so the proxy does
+        // not look for them again (`proxy::respond`). Only a `Connection` that names other
+        // fields is kept, for `remove_hop_by_hop` to act on after the loop.
+        let mut names_fields = false;
         for (i, field) in parsed.headers.iter().enumerate() {
             let name = self.field_name(i, field.name.as_bytes())?;
             let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
@@ -495,7 +500,12 @@ impl Conn {
                         reusable = false;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive = true;
+                    } else if !token.is_empty() {
+                        names_fields = true;
                     }
+                }
+                if !names_fields {
+                    continue;
                 }
             } else if name == header::TRANSFER_ENCODING {
                 let last = value.as_bytes().rsplit(|b| *b == b',').next();
@@ -503,6 +513,9 @@ impl Conn {
                     last.is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 chunked = is_chunked;
                 other_coding = !is_chunked;
+                continue;
+            } else if headers::is_hop_by_hop(&name) {
+                continue;
             } else if name == header::CONTENT_LENGTH {
                 for item in value.as_bytes().split(|b| *b == b',') {
                     let n = parse_length(item.trim_ascii())
@@ -514,6 +527,9 @@ impl Conn {
                 }
             }
             headers.append(name, value);
+        }
+        if names_fields {
+            headers::remove_hop_by_hop(&mut headers);
         }
         if chunked || other_coding {
             // Transfer-Encoding overrides Content-Length, and a proxy must not pass on the

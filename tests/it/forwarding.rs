@@ -207,6 +207,83 @@ async fn hop_by_hop_headers_from_the_upstream_do_not_reach_the_client() {
     assert!(reply.headers.get("keep-alive").is_none());
 }
 
+/// An upstream that answers every request head on a connection with `answer`.
+async fn canned_backend(answer: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hop_by_hop_field_of_an_answer_and_those_connection_names_stay_behind() {
+    const ANSWER: &str = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\n\
+        Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+        Trailer: x-t\r\nUpgrade: h2c\r\nX-Secret: s\r\nX-Kept: k\r\n\
+        Connection: x-other\r\nX-Other: o\r\nContent-Length: 2\r\n\r\nok";
+    let upstream = canned_backend(ANSWER).await;
+    let proxy = Proxy::start(&config(&format!(
+        "routes:\n  - name: all\n    match: {{ path_prefix: \"/\" }}\n    pool: p\npools:\n  - name: p\n    upstreams:\n      - {{ addr: \"{upstream}\" }}\n"
+    )))
+    .await;
+    let gone = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "x-secret",
+        "x-other",
+    ];
+    // Twice over one HTTP/1.1 connection (the upstream connection is reused the second time),
+    // then over HTTP/2.
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..2 {
+        let reply = client.get("a", "/").await;
+        assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "ok"));
+        assert_eq!(reply.header("x-kept"), "k");
+        for name in gone {
+            assert!(
+                reply.headers.get(name).is_none(),
+                "{name} reached the client"
+            );
+        }
+    }
+    let mut h2 = support::h2_client(TcpStream::connect(proxy.addr).await.unwrap()).await;
+    let request = Request::get(format!("http://{}/", proxy.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = support::read(h2.send_request(request).await.unwrap()).await;
+    assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "ok"));
+    assert_eq!(reply.header("x-kept"), "k");
+    for name in gone {
+        assert!(
+            reply.headers.get(name).is_none(),
+            "{name} reached the h2 client"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strip_prefix_removes_the_matched_prefix_and_keeps_the_query() {
     let backend = Backend::start("b").await;

@@ -259,7 +259,8 @@ impl Pool {
         let members = Members::new(listed);
         let upstreams = members.compose();
         let tls = UpstreamTls::build(cfg)?;
-        let seed = previous.map_or(0x5157_1c4a_9d2e_0b31, |p| p.seed.load(Ordering::Relaxed));
+        let seed =
+            previous.map_or_else(|| fresh_seed(&cfg.name), |p| p.seed.load(Ordering::Relaxed));
         let epoch = previous.map_or_else(Default::default, |p| p.epoch.clone());
         for upstream in &upstreams {
             upstream.state.health.join(&epoch);
@@ -379,6 +380,14 @@ impl Pool {
         let next = build_candidates(self.strategy, &upstreams, seed, Some(&previous), epoch);
         self.candidates.store(Arc::new(next));
     }
+}
+
+/// A seed for a new pool's `random`, `least_request` and key-less `consistent_hash` choices,
+/// different in every process and pool (the OS's randomness through `RandomState`), so a
+/// fleet of proxies, or one restarted, does not repeat the same sequence of picks.
+fn fresh_seed(pool: &str) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(pool)
 }
 
 fn build_candidates(

@@ -107,6 +107,18 @@ async fn random_spreads_uniformly_ignoring_weights() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_picks_differ_from_one_proxy_to_the_next() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    // The same file, two proxies (as two processes, or one restarted, would be): 64 choices
+    // between two upstreams repeat by chance once in 2^64 runs, and every time when the
+    // seed is fixed.
+    let first = proxy_for("random", "", &[&a, &b], &[1, 1]).await;
+    let second = proxy_for("random", "", &[&a, &b], &[1, 1]).await;
+    let (one, two) = (sequence(&first, 64).await, sequence(&second, 64).await);
+    assert_ne!(one, two, "two processes made the same 64 random choices");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_sends_most_traffic_to_the_upstream_that_answers_fastest() {
     let fast = Backend::start("fast").await;
     let slow = Backend::slow("slow", 300).await;

@@ -277,6 +277,31 @@ async fn grpc_unary_and_server_streaming_calls_pass_through_an_h2_pool() {
 }
 
 #[tokio::test]
+async fn health_checks_of_an_h2_pool_speak_http2_to_an_http2_only_server() {
+    let server = GrpcServer::start().await;
+    let proxy = Proxy::start(&config(&format!(
+        "admin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - name: grpc\n    pool: grpc\npools:\n  - name: grpc\n    protocol: h2\n    health_check: {{ path: /healthz, interval: 50ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n    upstreams: [{{ addr: \"{}\" }}]\n",
+        server.addr
+    )))
+    .await;
+    let admin = proxy.server.admin_addr().unwrap();
+    // Two probes passed (the first could be the one that raced the server's start), and the
+    // server saw them as HTTP/2 requests for the upstream's own address.
+    crate::admin::until("two passing probes", || async {
+        let checked = crate::admin::upstream_view(admin, "grpc", server.addr).await;
+        checked["last_check"]["ok"] == true && server.seen.requests.lock().unwrap().len() >= 2
+    })
+    .await;
+    let authority = server.addr.to_string();
+    let seen = server.seen.requests.lock().unwrap();
+    assert!(
+        seen.iter().all(|(a, _)| *a == authority),
+        "probes carry the upstream's address as :authority: {:?}",
+        seen.iter().map(|(a, _)| a).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn grpc_error_statuses_arrive_intact() {
     let server = GrpcServer::start().await;
     let proxy = Proxy::start(&h2_pool(server.addr)).await;

@@ -17,6 +17,10 @@ const MAX_SERDE_ERRORS: usize = 20;
 ///   collection that closes on that line) is reported and the line commented out (so every
 ///   position stays); when serde then finds the key missing, a stand-in value
 ///   ([`STAND_INS`]) takes the line instead;
+/// - an unknown key or a bad value inside a flow mapping on one line (the
+///   `- { addr: ..., weight: 3 }` of SPEC's upstreams) is reported and that `key: value`
+///   pair blanked out with spaces (so every column stays); a required key so taken out ends
+///   the pass;
 /// - a required key that is missing (but a `name`) is reported and a line with a stand-in
 ///   value put in its mapping, the positions of the lines below kept as they were in the
 ///   file ([`Edits`]);
@@ -91,17 +95,26 @@ pub(super) fn deserialize(
             let key = rest.split('`').next().unwrap_or_default();
             edits.drop_duplicate(at.line, key)
         } else {
-            let removable = err.location().map(|l| l.line()).zip(error_key(&message));
-            let removable =
-                removable.filter(|&(l, key)| l >= 1 && plain_key_line(&edits.lines, l - 1, key));
-            removable.map(|(line, key)| {
-                // An unknown key meant nothing; a bad value's key now takes its default (or
-                // a stand-in), which other keys of its mapping may not agree with.
-                let mapping = edits.take_out(line, key);
-                if !message.contains("unknown field") {
-                    repaired.push(mapping);
+            // An unknown key meant nothing; a bad value's key now takes its default (or a
+            // stand-in), which other keys of its mapping may not agree with.
+            let unknown = message.contains("unknown field");
+            let at = err.location().map(|l| (l.line(), l.column()));
+            match (at, error_key(&message)) {
+                (Some((line, _)), Some(key))
+                    if line >= 1 && plain_key_line(&edits.lines, line - 1, key) =>
+                {
+                    let mapping = edits.take_out(line, key);
+                    (!unknown).then(|| repaired.push(mapping));
+                    Some(())
                 }
-            })
+                (Some((line, col)), Some(key)) if line >= 1 => {
+                    flow_pair(&edits.lines[line - 1], key, col).map(|pair| {
+                        let mapping = edits.blank_pair(line, pair, key);
+                        (!unknown).then(|| repaired.push(mapping));
+                    })
+                }
+                _ => None,
+            }
         };
         if stepped.is_none() {
             return (None, errors, repaired);
@@ -153,11 +166,35 @@ impl Edits {
             key: key.to_owned(),
             indent,
             mapping: mapping.clone(),
+            flow: false,
         });
         self.lines[line - 1].insert(0, '#');
         Repaired {
             lines: self.range_in_file(mapping),
             indent,
+            taken: Some((self.in_file(line), key.to_owned())),
+        }
+    }
+
+    /// Blanks out the `key: value` pair at bytes `pair` of line `line` (1-based), inside a
+    /// one-line flow mapping, with a space for each character so that columns stay; that
+    /// line, as the mapping (its other keys' rules are not checked).
+    fn blank_pair(&mut self, line: usize, pair: std::ops::Range<usize>, key: &str) -> Repaired {
+        let text = &mut self.lines[line - 1];
+        let spaces: String = text[pair.clone()].chars().map(|_| ' ').collect();
+        text.replace_range(pair, &spaces);
+        self.removed.push(TakenOut {
+            line,
+            key: key.to_owned(),
+            indent: 0,
+            mapping: line..=line,
+            flow: true,
+        });
+        let in_file = self.in_file(line);
+        Repaired {
+            lines: in_file..=in_file,
+            indent: usize::MAX,
+            taken: None,
         }
     }
 
@@ -231,6 +268,7 @@ impl Edits {
         Some(Repaired {
             lines: self.range_in_file(enclosing_mapping(&self.lines, line)),
             indent: col - 1,
+            taken: None,
         })
     }
 }
@@ -249,19 +287,40 @@ pub(super) struct Repaired {
     lines: std::ops::RangeInclusive<usize>,
     /// The column of its keys, less one.
     indent: usize,
+    /// The line (in the file) and key taken out, when it is known that only the rules of
+    /// that key, and of those that depend on it ([`depends_on`]), can be broken by its
+    /// default; `None`: any rule of the mapping's own keys can.
+    taken: Option<(usize, String)>,
 }
 
 impl Repaired {
-    /// Whether an error on line `line` of the file, `text`, is about one of this mapping's
-    /// own keys (not a key of a mapping or list nested in it, which keep their errors).
+    /// Whether an error on line `line` of the file, `text`, may be caused by the repair: on
+    /// one of this mapping's own keys (not a key of a mapping or list nested in it, which
+    /// keep their errors), and, when the key taken out is known, on that key's line or a key
+    /// whose rule reads it.
     pub(super) fn covers(&self, line: usize, text: &str) -> bool {
         let key_column = |l: &str| l.len() - l.trim_start_matches([' ', '-']).len();
-        self.lines.contains(&line)
-            && text
-                .lines()
-                .nth(line - 1)
-                .is_some_and(|l| key_column(l) <= self.indent)
+        let Some(l) = text.lines().nth(line - 1) else {
+            return false;
+        };
+        if !self.lines.contains(&line) || key_column(l) > self.indent {
+            return false;
+        }
+        match &self.taken {
+            None => true,
+            Some((taken_line, key)) => {
+                let line_key = l.trim_start_matches([' ', '-']).split(':').next();
+                line == *taken_line || line_key.is_some_and(|k| depends_on(k.trim(), key))
+            }
+        }
     }
+}
+
+/// Whether a rule about key `key` reads key `other` of the same mapping, so that `other`
+/// taking its default can break it: `hash_key` is refused beside any strategy but
+/// `consistent_hash`, and a non-loopback admin `bind` needs a `token`.
+fn depends_on(key: &str, other: &str) -> bool {
+    matches!((key, other), ("hash_key", "strategy") | ("bind", "token"))
 }
 
 /// The spaces before a line's first other character.
@@ -278,6 +337,8 @@ struct TakenOut {
     indent: usize,
     /// The lines of the mapping it was in.
     mapping: std::ops::RangeInclusive<usize>,
+    /// Blanked out of a flow mapping ([`Edits::blank_pair`]): no stand-in can go back.
+    flow: bool,
 }
 
 /// Values for a required key whose bad value was taken out, tried in turn until serde
@@ -307,6 +368,9 @@ fn taken_out_required(removed: &[TakenOut], err: &serde_yaml_ng::Error) -> Optio
 /// Puts the key `taken` removed back in `lines` with the first of [`STAND_INS`] serde
 /// accepts for it; false (the line left changed) when it accepts none.
 fn stand_in(lines: &mut [String], taken: &TakenOut) -> bool {
+    if taken.flow {
+        return false;
+    }
     let indent = " ".repeat(taken.indent);
     STAND_INS.iter().any(|value| {
         lines[taken.line - 1] = format!("{indent}{}: {value}", taken.key);
@@ -356,6 +420,96 @@ fn plain_key_line(lines: &[String], i: usize, key: &str) -> bool {
         && (!value.starts_with(['{', '[']) || one_line_flow(value))
         && !value.starts_with(['|', '>', '&', '*', '!'])
         && !block_follows
+}
+
+/// The bytes of `key: value` in a flow mapping on `line`, with the comma that separates it
+/// from the next pair (or from the one before, for the last pair), where serde placed an
+/// error about `key` at character column `col` (1-based): the key itself or its value.
+/// `None` unless the pair is plainly there and its value ends on this line.
+fn flow_pair(line: &str, key: &str, col: usize) -> Option<std::ops::Range<usize>> {
+    let at = line.char_indices().nth(col.checked_sub(1)?)?.0;
+    let skip_spaces = |i: usize| i + (line[i..].len() - line[i..].trim_start().len());
+    let (start, value) = match line[at..].strip_prefix(key) {
+        Some(rest) if rest.trim_start().starts_with(':') => {
+            let colon = skip_spaces(at + key.len());
+            (at, skip_spaces(colon + 1))
+        }
+        _ => {
+            let before = line[..at].trim_end().strip_suffix(':')?.trim_end();
+            (before.strip_suffix(key)?.len(), at)
+        }
+    };
+    let opener = line[..start].trim_end();
+    let first = opener.ends_with('{');
+    if !first && !opener.ends_with(',') {
+        return None;
+    }
+    let end = value_end(line, value)?;
+    let next = skip_spaces(end);
+    match line[next..].chars().next()? {
+        ',' => Some(start..next + 1),
+        '}' if first => Some(start..end),
+        '}' => Some(opener.len() - 1..end),
+        _ => None,
+    }
+}
+
+/// Where the flow value starting at byte `at` of `line` ends (one past it): a quoted string
+/// to its closing quote, a nested collection to its closing bracket, a plain scalar to the
+/// next `,`, `}` or `]`. `None` when it does not close on the line.
+fn value_end(line: &str, at: usize) -> Option<usize> {
+    let bytes = line.as_bytes();
+    match *bytes.get(at)? {
+        b'[' | b'{' => {
+            // A nested collection: to its closing bracket, strings inside it skipped.
+            let mut depth = 0usize;
+            let mut i = at;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'[' | b'{' => depth += 1,
+                    b']' | b'}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    b'"' | b'\'' => i = value_end(line, i)? - 1,
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        b'"' => {
+            let mut i = at + 1;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\\' => i += 2,
+                    b'"' => return Some(i + 1),
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+        b'\'' => {
+            let mut i = at + 1;
+            while i < bytes.len() {
+                if bytes[i] == b'\'' {
+                    if bytes.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    return Some(i + 1);
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let stop = line[at..].find([',', '}', ']'])?;
+            Some(at + line[at..at + stop].trim_end().len())
+        }
+    }
 }
 
 /// Whether `value`, a flow collection, closes on its own line: alone, it is whole YAML.

@@ -605,6 +605,114 @@ workers: 0
 }
 
 #[test]
+fn bad_values_in_one_line_flow_mappings_are_stepped_over() {
+    // Audit c41: SPEC's own upstream style; the first bad weight ended the listing.
+    let yaml = "\
+listeners:
+  - name: public
+    bind: \"127.0.0.1:8080\"
+routes:
+  - name: api
+    pool: nope
+pools:
+  - name: api
+    upstreams:
+      - { addr: \"10.0.0.1:80\", weight: 3x }
+      - { weight: \"x,y\", addr: \"10.0.0.2:80\" }
+      - {wieght: 2, addr: \"10.0.0.3:80\"}
+      - { addr: \"10.0.0.4:80\", weight: 'it''s' }
+      - { addr: \"10.0.0.5:80\", weight: [1, \"]\"] }
+      - { addr: \"10.0.0.6:80\", weight: 20000 }
+    connect_timeout: 1
+";
+    let all = errors(yaml);
+    assert_eq!(
+        positions(yaml),
+        [
+            (6, 11),
+            (10, 40),
+            (11, 19),
+            (12, 10),
+            (13, 40),
+            (14, 40),
+            (15, 40),
+            (16, 22)
+        ],
+        "{all:#?}"
+    );
+    assert!(all[0].message.contains("unknown pool"), "{all:#?}");
+    assert!(
+        all[3].message.contains("unknown field `wieght`"),
+        "{all:#?}"
+    );
+    assert!(
+        all[6].message.contains("weight 20000 is out of range"),
+        "{all:#?}"
+    );
+    assert!(all[7].message.contains("connect_timeout"), "{all:#?}");
+}
+
+#[test]
+fn a_required_key_blanked_out_of_a_flow_mapping_ends_the_listing() {
+    let yaml = "\
+listeners:
+  - name: public
+    bind: \"127.0.0.1:8080\"
+routes:
+  - name: api
+    pool: api
+pools:
+  - name: api
+    upstreams:
+      - { addr: [1], weight: 2 }
+      - { addr: \"10.0.0.1:80\", weight: x }
+";
+    let all = errors(yaml);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(positions(yaml), [(10, 17)], "{all:#?}");
+}
+
+#[test]
+fn a_value_taken_out_hides_only_the_rules_that_read_it() {
+    // Audit c41: a rejected `header_timeout` hid the listener's other limits, a rejected
+    // `timeout` the route's pool, prefix and host.
+    let yaml = "\
+listeners:
+  - name: public
+    bind: \"127.0.0.1:8080\"
+    limits:
+      header_timeout: 10
+      max_connections: 0
+      idle_timeout: 0s
+routes:
+  - name: api
+    pool: nope
+    timeout: 5x
+    match:
+      path_prefix: \"v1/\"
+pools:
+  - name: api
+    strategy: consistnt_hash
+    hash_key: \"header:x\"
+    connect_timeout: 0s
+    upstreams:
+      - { addr: \"10.0.0.1:80\" }
+";
+    let all = errors(yaml);
+    let said: Vec<_> = all.iter().map(|e| (e.line, e.message.as_str())).collect();
+    assert_eq!(
+        all.iter().map(|e| e.line).collect::<Vec<_>>(),
+        [5, 6, 7, 10, 11, 13, 16, 18],
+        "{said:#?}"
+    );
+    // `hash_key` reads `strategy`, which took its default: its rule is not checked.
+    assert!(
+        all.iter().all(|e| !e.message.contains("hash_key")),
+        "{said:#?}"
+    );
+}
+
+#[test]
 fn a_missing_key_in_a_flow_mapping_ends_the_listing() {
     // No block line can go into `{ ... }`: the listing stops at what it found so far.
     let yaml = "\

@@ -12,15 +12,12 @@ use switchyard::{demo, Server, ServerOptions, StartError};
 
 /// A load-balancing HTTP reverse proxy driven by one YAML file.
 #[derive(Debug, Parser)]
-#[command(
-    name = "switchyard",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "switchyard", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Options before the command (`switchyard -c FILE check`, as `nginx -c FILE -t`); the
+    /// command's own options win.
     #[command(flatten)]
     run: RunArgs,
 }
@@ -61,24 +58,63 @@ struct RunArgs {
     /// Worker threads, `auto` (one per core) or a number (overrides `workers` in the config).
     #[arg(long, value_parser = parse_workers)]
     workers: Option<Workers>,
-    /// Log filter when RUST_LOG is unset, e.g. info, debug, switchyard=trace.
-    #[arg(long, default_value = "info", value_parser = parse_log_level)]
-    log_level: String,
-    /// How long shutdown waits for in-flight requests, e.g. 30s.
-    #[arg(long, value_parser = config::parse_duration, default_value = "30s")]
-    drain_timeout: Duration,
+    /// Log filter when RUST_LOG is unset, e.g. info, debug, switchyard=trace [default: info]
+    #[arg(long, value_parser = parse_log_level)]
+    log_level: Option<String>,
+    /// How long shutdown waits for in-flight requests, e.g. 30s [default: 30s]
+    #[arg(long, value_parser = config::parse_duration)]
+    drain_timeout: Option<Duration>,
     /// Do not reload when the config file changes (SIGHUP still reloads).
     #[arg(long)]
     no_watch: bool,
 }
 
+impl RunArgs {
+    /// These options, each one not given taken from `outer` (given before the command).
+    fn or(self, outer: RunArgs) -> RunArgs {
+        RunArgs {
+            config: ConfigArg {
+                config: self.config.config.or(outer.config.config),
+            },
+            workers: self.workers.or(outer.workers),
+            log_level: self.log_level.or(outer.log_level),
+            drain_timeout: self.drain_timeout.or(outer.drain_timeout),
+            no_watch: self.no_watch || outer.no_watch,
+        }
+    }
+
+    /// The options given that only running the proxy uses.
+    fn run_only(&self) -> Vec<&'static str> {
+        let given = [
+            (self.workers.is_some(), "--workers"),
+            (self.log_level.is_some(), "--log-level"),
+            (self.drain_timeout.is_some(), "--drain-timeout"),
+            (self.no_watch, "--no-watch"),
+        ];
+        given.into_iter().filter(|g| g.0).map(|g| g.1).collect()
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Check(args)) => check(&args.path()),
-        Some(Command::Run(args)) => exit(run(args, false)),
-        Some(Command::Demo(args)) => exit(run(args, true)),
-        None => exit(run(cli.run, false)),
+    let Cli {
+        command,
+        run: outer,
+    } = Cli::parse();
+    match command {
+        Some(Command::Check(args)) => {
+            let run_only = outer.run_only();
+            if !run_only.is_empty() {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                let message = format!("{} applies to `run`, not `check`", run_only.join(", "));
+                cmd.error(clap::error::ErrorKind::ArgumentConflict, message)
+                    .exit();
+            }
+            let config = args.config.or(outer.config.config);
+            check(&ConfigArg { config }.path())
+        }
+        Some(Command::Run(args)) => exit(run(args.or(outer), false)),
+        Some(Command::Demo(args)) => exit(run(args.or(outer), true)),
+        None => exit(run(outer, false)),
     }
 }
 
@@ -185,9 +221,13 @@ fn parse_workers(text: &str) -> Result<Workers, String> {
     })
 }
 
+/// How long shutdown waits for in-flight requests without `--drain-timeout` (SPEC section 7).
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
-    init_tracing(&args.log_level);
+    init_tracing(args.log_level.as_deref().unwrap_or("info"));
     let path = args.config.path();
+    let drain_timeout = args.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
     let config = load(&path)?;
     let workers = match args.workers.unwrap_or(config.workers) {
         Workers::Count(n) => n,
@@ -210,7 +250,7 @@ fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
         let hup = hangup_signal();
         let options = ServerOptions {
             config_path: Some(path.clone()),
-            drain: args.drain_timeout,
+            drain: drain_timeout,
             watch: !args.no_watch,
         };
         let server = Server::start_with(config, options)
@@ -224,7 +264,7 @@ fn run(args: RunArgs, with_demo: bool) -> anyhow::Result<()> {
             tokio::spawn(reload_on_sighup(hup, server.reloader().clone()));
         }
         signals.recv().await;
-        tracing::info!(drain = ?args.drain_timeout, "shutting down: draining connections");
+        tracing::info!(drain = ?drain_timeout, "shutting down: draining connections");
         // The same signal streams: a second signal sent right after the first is not lost.
         tokio::spawn(async move {
             signals.recv().await;

@@ -122,10 +122,13 @@ fn check_reports_every_bad_key_and_value_in_one_run() {
 
 #[test]
 fn check_stops_at_an_error_it_cannot_step_over() {
-    // A bad value inside a flow mapping: commenting its line would take the whole mapping.
+    // A bad value inside a flow mapping over two lines: no line can be taken out alone.
     let text = VALID
-        .replace("\"127.0.0.1:9001\" }", "\"127.0.0.1:9001\", weight: x }")
-        .replace("    pool: p\n", "    pool: p\n    timeout: 5\n");
+        .replace(
+            "\"127.0.0.1:9001\" }",
+            "\"127.0.0.1:9001\",\n          weight: x }",
+        )
+        .replace("    pool: p\n", "    pool: nope\n    timeout: 5\n");
     let out = check("flow.yaml", &text);
     let err = stderr(&out);
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("/flow.yaml:")).collect();
@@ -135,8 +138,78 @@ fn check_stops_at_an_error_it_cannot_step_over() {
         "{err}"
     );
     assert!(
-        lines[1].contains("/flow.yaml:12:43: pools[0].upstreams[0].weight"),
+        lines[1].contains("/flow.yaml:13:19: pools[0].upstreams[0].weight"),
         "{err}"
+    );
+}
+
+#[test]
+fn check_steps_over_a_bad_value_in_a_one_line_flow_mapping() {
+    // Audit c41: SPEC's own upstream style ended the listing at the bad weight.
+    let text = VALID
+        .replace("\"127.0.0.1:9001\" }", "\"127.0.0.1:9001\", weight: x }")
+        .replace("    pool: p\n", "    pool: nope\n    timeout: 5\n");
+    let out = check("flow.yaml", &text);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("/flow.yaml:")).collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines[0].contains("/flow.yaml:7:11: unknown pool"), "{err}");
+    assert!(
+        lines[1].contains("/flow.yaml:8:14: routes[0].timeout"),
+        "{err}"
+    );
+    assert!(
+        lines[2].contains("/flow.yaml:12:43: pools[0].upstreams[0].weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn options_before_the_command_apply_to_it() {
+    // Audit c41: `switchyard -c FILE check` (as `nginx -c FILE -t`) was a usage error.
+    let (_dir, path) = write_config("before.yaml", VALID);
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&path)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // An option only `run` uses is refused before `check` by name.
+    let out = Command::new(BIN)
+        .args(["--workers", "2", "check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--workers applies to `run`, not `check`"),
+        "{}",
+        stderr(&out)
+    );
+    // Before `run`, and the command's own option wins.
+    let out = Command::new(BIN)
+        .args(["--drain-timeout", "5"])
+        .args(["run", "-c", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = Command::new(BIN)
+        .args([
+            "-c",
+            "/nonexistent-outer.yaml",
+            "run",
+            "-c",
+            "/nonexistent.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("/nonexistent.yaml:"),
+        "{}",
+        stderr(&out)
     );
 }
 

@@ -28,7 +28,7 @@ const RESOLVE_BATCH: usize = 16;
 /// `switchyard check`: the validated config, or every error `run` would stop at, positioned
 /// and in file order.
 pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = config::read(path)?;
+    let text = config::read_at_start(path)?;
     let config = config::parse(path, &text)?;
     let mut errors: Vec<ConfigError> = build_errors(&config)
         .iter()

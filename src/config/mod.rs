@@ -41,18 +41,30 @@ pub use validate::{MAX_RETRIES, MIN_HEADER_BYTES};
 pub(crate) use locate::Seg;
 use locate::{Locator, Pos};
 
-/// Reads and validates the file; every error is positioned.
+/// Reads and validates the file at start (`run`); every error is positioned.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    parse(path, &read(path)?)
+    parse(path, &read_at_start(path)?)
 }
 
 /// Reads the file as UTF-8 text, for [`parse`]; keep the text to position later errors with
 /// [`locate`].
 pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+    read_text(path, "")
+}
+
+/// [`read`] for `run` and `check`, where a missing file most likely means the wrong one was
+/// named: its error says how to name another (not on a reload, where it is the right file
+/// gone for a moment).
+pub fn read_at_start(path: &Path) -> Result<String, ConfigErrors> {
+    read_text(path, " (pass --config PATH or set SWITCHYARD_CONFIG)")
+}
+
+/// [`read`], with `missing_hint` after the error of a file that does not exist.
+fn read_text(path: &Path, missing_hint: &str) -> Result<String, ConfigErrors> {
     let start = |message: String| ConfigError::new(path, Pos::START, message);
     let bytes = std::fs::read(path).map_err(|err| {
         let hint = match err.kind() {
-            std::io::ErrorKind::NotFound => " (pass --config PATH or set SWITCHYARD_CONFIG)",
+            std::io::ErrorKind::NotFound => missing_hint,
             _ => "",
         };
         start(format!("cannot read the config file: {err}{hint}"))

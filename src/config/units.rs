@@ -49,7 +49,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .checked_mul(unit_nanos)
         .and_then(|n| n.checked_add(frac_nanos))
         .and_then(|n| u64::try_from(n).ok())
-        .ok_or_else(|| format!("duration {text:?} is too long"))?;
+        .ok_or_else(|| format!("duration {text:?} is too long: at most 5124095h (584 years)"))?;
     Ok(Duration::from_nanos(nanos))
 }
 
@@ -306,6 +306,16 @@ mod tests {
         }
         let err = parse_duration("30").unwrap_err();
         assert!(err.ends_with("expected a duration with a unit, like 500ms, 2s or 1m"));
+    }
+
+    #[test]
+    fn a_duration_past_the_longest_says_what_the_longest_is() {
+        assert!(parse_duration("5124095h").is_ok());
+        let err = parse_duration("5124096h").unwrap_err();
+        assert!(
+            err.ends_with("is too long: at most 5124095h (584 years)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -314,12 +314,12 @@ impl Checker {
     }
 
     fn upstreams(&mut self, i: usize, upstreams: &[UpstreamConfig]) {
-        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
         for (j, upstream) in upstreams.iter().enumerate() {
             let at = |field| key_path!["pools", i, "upstreams", j, field];
             if let Err(msg) = check_upstream_addr(&upstream.addr) {
                 self.error(&at("addr"), msg);
-            } else if let Some(first) = first_insert(&mut seen, &upstream.addr, j) {
+            } else if let Some(first) = first_insert(&mut seen, same_addr(&upstream.addr), j) {
                 let line = self
                     .locator
                     .find(&key_path!["pools", i, "upstreams", first, "addr"])
@@ -385,6 +385,22 @@ impl Checker {
         );
         let unhealthy = hc.unhealthy_threshold.into();
         self.at_least_one(&at("unhealthy_threshold"), "unhealthy_threshold", unhealthy);
+    }
+}
+
+/// An upstream address as a key that two spellings of one address share: an IP address
+/// and port as the socket address they parse to (`[0:0::1]:80` is `[::1]:80`, port `080`
+/// is `80`), a hostname without regard to case.
+fn same_addr(addr: &str) -> String {
+    match addr.parse::<SocketAddr>() {
+        Ok(socket) => socket.to_string(),
+        Err(_) => match addr.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) => format!("{}:{port}", host.to_ascii_lowercase()),
+                Err(_) => addr.to_ascii_lowercase(),
+            },
+            None => addr.to_ascii_lowercase(),
+        },
     }
 }
 

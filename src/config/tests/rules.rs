@@ -110,6 +110,27 @@ fn duplicate_upstream_in_a_pool_is_an_error() {
 }
 
 #[test]
+fn one_upstream_spelled_two_ways_is_a_duplicate() {
+    // Audit c41: `check` took these, and `run` left the second out with a warning.
+    for (first, second) in [
+        ("[::1]:80", "[0:0::1]:80"),
+        ("10.0.0.1:80", "10.0.0.1:080"),
+        ("api.internal:80", "API.internal:80"),
+    ] {
+        let yaml = BASE.replace(
+            "      - { addr: \"10.0.0.1:80\" }\n",
+            &format!("      - {{ addr: \"{first}\" }}\n      - {{ addr: \"{second}\" }}\n"),
+        );
+        assert_error(
+            &yaml,
+            11,
+            17,
+            &format!("duplicate upstream \"{second}\": already listed at line 10"),
+        );
+    }
+}
+
+#[test]
 fn several_semantic_errors_are_all_reported_in_file_order() {
     let yaml = "\
 admin: { bind: \"0.0.0.0:9901\" }

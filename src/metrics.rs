@@ -442,26 +442,23 @@ pub fn record_attempt(pool: &str, upstream: &Upstream, status: Option<u16>) {
 /// The series of one pool.
 #[derive(Debug)]
 pub struct PoolMetrics {
-    name: Arc<str>,
-    retries: OnceLock<Counter>,
+    retries: Counter,
 }
 
 // === impl PoolMetrics ===
 
 impl PoolMetrics {
-    /// Series labelled `pool`, registered at their first use.
+    /// Series labelled `pool`, shown from the start (at 0, as `rate()` wants a series to
+    /// read before the first retry).
     pub fn new(name: Arc<str>) -> PoolMetrics {
-        PoolMetrics {
-            name,
-            retries: OnceLock::new(),
-        }
+        let retries = metrics::counter!(RETRIES_TOTAL, "pool" => name.to_string());
+        retries.increment(0);
+        PoolMetrics { retries }
     }
 
     /// Counts one retry on another upstream.
     pub fn retry(&self) {
-        self.retries
-            .get_or_init(|| metrics::counter!(RETRIES_TOTAL, "pool" => self.name.to_string()))
-            .increment(1);
+        self.retries.increment(1);
     }
 }
 

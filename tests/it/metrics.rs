@@ -185,6 +185,15 @@ async fn failed_attempts_and_retries_are_counted() {
 }
 
 #[tokio::test]
+async fn a_pool_shows_its_retries_at_zero_before_the_first() {
+    // Audit c41: no series until the first retry, so `rate()` had nothing to read.
+    let live = Backend::start("live").await;
+    let (_proxy, admin) = start("m-zero", &one_route("m-zero", &[live.addr], 1)).await;
+    let retries = value(admin, "switchyard_retries_total", &[("pool", "m-zero")]).await;
+    assert_eq!(retries, Some(0.0));
+}
+
+#[tokio::test]
 async fn an_attempt_the_route_timeout_ends_is_counted_as_an_error() {
     let slow = Backend::start("slow").await;
     let routes = one_route("m-late", &[slow.addr], 0)

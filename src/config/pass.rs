@@ -108,7 +108,8 @@ pub(super) fn deserialize(
                     Some(())
                 }
                 (Some((line, col)), Some(key)) if line >= 1 => {
-                    flow_pair(&edits.lines[line - 1], key, col).map(|pair| {
+                    let text = edits.lines.get(line - 1);
+                    text.and_then(|text| flow_pair(text, key, col)).map(|pair| {
                         let mapping = edits.blank_pair(line, pair, key);
                         (!unknown).then(|| repaired.push(mapping));
                     })
@@ -318,9 +319,16 @@ impl Repaired {
 
 /// Whether a rule about key `key` reads key `other` of the same mapping, so that `other`
 /// taking its default can break it: `hash_key` is refused beside any strategy but
-/// `consistent_hash`, and a non-loopback admin `bind` needs a `token`.
+/// `consistent_hash`, a non-loopback admin `bind` needs a `token`, and two routes may not
+/// share a `host` and `path_prefix` (reported at the `match` mapping's first key).
 fn depends_on(key: &str, other: &str) -> bool {
-    matches!((key, other), ("hash_key", "strategy") | ("bind", "token"))
+    matches!(
+        (key, other),
+        ("hash_key", "strategy")
+            | ("bind", "token")
+            | ("host", "path_prefix")
+            | ("path_prefix", "host")
+    )
 }
 
 /// The spaces before a line's first other character.
@@ -507,7 +515,12 @@ fn value_end(line: &str, at: usize) -> Option<usize> {
         }
         _ => {
             let stop = line[at..].find([',', '}', ']'])?;
-            Some(at + line[at..at + stop].trim_end().len())
+            let value = &line[at..at + stop];
+            // A comment before the separator: the mapping goes on on a later line.
+            if value.contains(" #") || value.contains("\t#") {
+                return None;
+            }
+            Some(at + value.trim_end().len())
         }
     }
 }

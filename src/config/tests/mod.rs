@@ -653,6 +653,44 @@ pools:
 }
 
 #[test]
+fn a_comment_inside_a_flow_mapping_ends_the_pass_rather_than_turn_into_keys() {
+    // Review: blanking `weight: 3x  # was 3, see #42` up to the comma left `see #42`.
+    let yaml = BASE.replace(
+        "      - { addr: \"10.0.0.1:80\" }\n",
+        "      - { addr: \"10.0.0.1:80\", weight: 3x  # was 3, see #42\n        }\n",
+    );
+    let all = errors(&yaml);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(all[0].message.contains("weight"), "{all:#?}");
+}
+
+#[test]
+fn a_route_whose_host_was_taken_out_is_not_called_a_duplicate() {
+    // Review: `host` taken out fell back to any host and matched the other route's.
+    let yaml = "\
+listeners:
+  - name: public
+    bind: \"127.0.0.1:8080\"
+routes:
+  - name: web
+    match: { path_prefix: \"/\" }
+    pool: api
+  - name: api
+    match:
+      path_prefix: \"/\"
+      host: [api.example.com, www.example.com]
+    pool: api
+pools:
+  - name: api
+    upstreams:
+      - { addr: \"10.0.0.1:80\" }
+";
+    let all = errors(yaml);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(positions(yaml), [(11, 13)], "{all:#?}");
+}
+
+#[test]
 fn a_required_key_blanked_out_of_a_flow_mapping_ends_the_listing() {
     let yaml = "\
 listeners:

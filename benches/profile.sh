@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Profiles switchyard in compare.sh's `keepalive` scenario (or, with LOAD, `h2c` or `c1000`) (HTTP/1.1 keep-alive, small body,
+# Profiles switchyard in compare.sh's `keepalive` scenario (or another, with LOAD) (HTTP/1.1 keep-alive, small body,
 # 50 connections, round robin over three NGINX backends, one worker pinned to one CPU).
 #
 # Three bounded passes, each against a fresh proxy, all traffic on 127.0.0.1:
@@ -20,10 +20,13 @@
 #   thread, as in compare.sh, h2c included),
 #   ACCESS_LOG [off] (`file` profiles with the access log written to a file in the temp dir),
 #   LOAD [keepalive] (`h2c`: h2load -c50 -m10 with HTTP/2 prior knowledge; `c1000`: wrk -c1000;
-#   `close`: a new connection per request; `64k`: 64 KiB responses),
+#   `close`: a new connection per request; `64k`: 64 KiB responses; `rate`: h2load --h1,
+#   50 connections at RATE [10000] requests/s in all, as compare.sh's `rate`),
 #   EVENT (perf pass: record this event instead of cpu-clock samples, e.g. a uprobe such as
 #   probe_libc:sy_malloc after `perf probe -x LIBC --add sy_malloc=malloc`),
-#   PASSES [all] (`perf` or `strace`: only that pass),
+#   PASSES [all] (`perf` or `strace`: only that pass; `syscalls`: instead of all three, system
+#   calls, context switches and CPU time per request counted by kernel tracepoints, which
+#   unlike strace do not slow the proxy),
 #   SWITCHYARD_BIN (default: build release with debug symbols into target/profiling),
 #   OUT (directory to keep perf.data and the reports; default: a temp dir, removed).
 set -euo pipefail
@@ -51,8 +54,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 LOAD=${LOAD:-keepalive}
+RATE=${RATE:-10000}
 tools=(perf strace wrk nginx taskset)
-[ "$LOAD" = h2c ] && tools+=(h2load)
+case $LOAD in h2c | rate) tools+=(h2load) ;; esac
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || { log "missing $tool (apt-get install linux-perf strace wrk nginx-light)"; exit 1; }
 done
@@ -153,6 +157,9 @@ load() {
     c1000)
         "${ON_LOAD_CPU[@]}" wrk -t1 -c1000 -d"${DURATION}s" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/load.out"
         awk '/requests in/ {print $1}' "$TMP/load.out" ;;
+    rate)
+        "${ON_LOAD_CPU[@]}" h2load --h1 -t1 -c50 --rps=$((RATE / 50)) -D "$DURATION" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/load.out"
+        awk '/^requests:/ {print $8}' "$TMP/load.out" ;;
     *)
         "${ON_LOAD_CPU[@]}" wrk -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:${PORTS[3]}/" >"$TMP/load.out"
         awk '/requests in/ {print $1}' "$TMP/load.out" ;;
@@ -171,6 +178,23 @@ profiled() {
     for pid in "${PIDS[@]}"; do [ "$pid" = "$prof" ] || keep+=("$pid"); done
     PIDS=("${keep[@]}")
 }
+
+if [ "${PASSES:-all}" = syscalls ]; then
+    # System calls per request without slowing the proxy (strace does, so much that a
+    # fixed-rate load saturates it): kernel tracepoints counted by perf stat.
+    log "system calls counted by tracepoints, ${DURATION}s"
+    events=(raw_syscalls:sys_enter context-switches cpu-clock)
+    for call in epoll_wait recvfrom read sendto write writev futex; do
+        events+=("syscalls:sys_enter_$call")
+    done
+    events=("${events[@]/#/-e}")
+    start_proxy
+    reqs=$(profiled perf stat "${events[@]}" -x, -o "$OUT/syscalls.txt" -p "$TRACED")
+    stop_proxy
+    echo "# system calls: $reqs requests in ${DURATION}s"
+    awk -F, -v n="$reqs" '$3 != "" && $1 ~ /^[0-9.]+$/ {printf "%-36s %12.0f  per request: %.3f\n", $3, $1, $1 / n}' "$OUT/syscalls.txt"
+    exit 0
+fi
 
 if [ "${PASSES:-all}" != strace ]; then
 log "1/3 perf record, ${DURATION}s"

@@ -37,8 +37,16 @@ const fn hop_by_hop_length(len: usize) -> bool {
 /// Whether `name` is one of the fixed hop-by-hop names (`Connection` included; not those a
 /// `Connection` field names).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    hop_by_hop_length(name.len()) && HOP_BY_HOP.iter().any(|hop| hop.as_str() == name)
+    hop_by_hop_index(name.as_str()).is_some()
+}
+
+/// Where a (lowercase) name is in [`HOP_BY_HOP`]; most names have a length none there has,
+/// and skip the list.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    if !hop_by_hop_length(name.len()) {
+        return None;
+    }
+    HOP_BY_HOP.iter().position(|hop| hop.as_str() == name)
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -47,12 +55,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // one of them at most, and each `remove` of an absent name would still hash and probe.
     let mut present = 0u8;
     for name in headers.keys() {
-        let name = name.as_str();
-        // Names are lowercase; most have a length no hop-by-hop name has, and skip the list.
-        if !hop_by_hop_length(name.len()) {
-            continue;
-        }
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop.as_str() == name) {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
             present |= 1 << i;
         }
     }
